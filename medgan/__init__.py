@@ -1,0 +1,40 @@
+"""medgan: medical-imaging domain translation (shape-consistent 3D CycleGAN for CT <-> MR) on MONAI.
+
+Axis convention: tensors are channel first, ``(B, C, D, H, W)``, with the spatial axes in RAS
+voxel order after MONAI ``Orientation("RAS")`` (D: left->right, H: posterior->anterior,
+W: inferior->superior); see :mod:`medgan.data.transforms`.
+
+The public API (imported lazily, so ``import medgan`` stays light):
+
+- :class:`CycleGANConfig`, :func:`load_config` - the pipeline config schema and its loader;
+- :func:`train`, :class:`CycleGANTrainer` - training;
+- :class:`Translator`, :func:`translate` - whole-volume translation of files or tensors;
+- :func:`evaluate` - shape preservation (Dice), per-organ HU statistics, paired MAE/PSNR/SSIM;
+- :func:`read_volume`, :func:`write_nifti` - I/O with geometry.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_API = {
+    "CycleGANConfig": "pipelines.cyclegan.config",
+    "CycleGANTrainer": "pipelines.cyclegan.trainer",
+    "train": "pipelines.cyclegan.trainer",
+    "Translator": "pipelines.cyclegan.translate",
+    "translate": "pipelines.cyclegan.translate",
+    "evaluate": "pipelines.cyclegan.evaluate",
+    "load_config": "medgan.config",
+    "read_volume": "medgan.io",
+    "write_nifti": "medgan.io",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy public API
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'medgan' has no attribute {name!r}")

@@ -1,0 +1,113 @@
+"""Checkpoints: a folder per save, written atomically.
+
+``<run>/checkpoints/iter_000500/`` holds
+
+- ``weights.safetensors``: every network's parameters, keys prefixed by the network name
+  (``G_CT2MR.model.0.0.weight``); loading safetensors cannot execute code;
+- ``training_state.pt``: optimizers, schedulers, image pools, random states and the iteration,
+  loaded with ``torch.load(weights_only=True)`` (tensors and plain containers only);
+- ``config.yaml``: the resolved pipeline config;
+- ``meta.json``: pipeline name, medgan version, iteration, and pipeline extras such as the
+  intensity normalisation parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS = "weights.safetensors"
+STATE = "training_state.pt"
+CONFIG = "config.yaml"
+META = "meta.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or from another model."""
+
+
+def save_checkpoint(
+    folder: str | Path, networks: dict[str, nn.Module], meta: dict, config_yaml: str, training_state: dict | None = None
+) -> Path:
+    """Write a checkpoint folder atomically (temporary folder, then rename)."""
+    out = Path(folder)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, net in networks.items() for k, v in net.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS))
+        if training_state is not None:
+            torch.save(training_state, tmp / STATE)
+        (tmp / CONFIG).write_text(config_yaml)
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or the newest one in a run folder or ``checkpoints`` folder.
+
+    Raises:
+        CheckpointError: nothing that looks like a medgan checkpoint.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint does not exist")
+    if (p / WEIGHTS).is_file():
+        return p
+    for folder in (p / "checkpoints", p):
+        found = sorted(folder.glob("iter_*/" + WEIGHTS)) if folder.is_dir() else []
+        if found:
+            return found[-1].parent
+    raise CheckpointError(f"{p}: not a medgan checkpoint (no {WEIGHTS} in it or in {p}/checkpoints/iter_*)")
+
+
+def read_meta(folder: Path, pipeline: str) -> dict:
+    """``meta.json`` of a checkpoint, checked to come from ``pipeline``."""
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{folder}: missing or unreadable {META} ({err})") from err
+    if meta.get("pipeline") != pipeline:
+        raise CheckpointError(f"{folder}: checkpoint of pipeline {meta.get('pipeline')!r}, expected {pipeline!r}")
+    return meta
+
+
+def load_networks(folder: Path, networks: dict[str, nn.Module]) -> None:
+    """Load ``weights.safetensors`` into ``networks`` (strict: every key and shape must match)."""
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{folder / WEIGHTS}: cannot read weights ({err})") from err
+    for name, net in networks.items():
+        prefix = name + "."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            net.load_state_dict(sd, strict=True)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0:3]
+            raise CheckpointError(
+                f"{folder}: weights of {name} do not fit this model's {name} (another architecture or config?): {' '.join(first)}"
+            ) from err
+
+
+def load_training_state(folder: Path, map_location: str | torch.device = "cpu") -> dict:
+    """``training_state.pt`` with ``weights_only=True`` (no code execution)."""
+    path = folder / STATE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {STATE}; this checkpoint cannot resume training")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: refused or unreadable training state ({err})") from err

@@ -1,0 +1,1 @@
+"""Data: datalists, label remapping, intensity scaling, transforms and the digital phantom."""

@@ -1,0 +1,302 @@
+"""Reading and writing volumes with their geometry.
+
+Every volume read here comes back as a :class:`Volume`: a float32 array in the file's own voxel
+order (``i, j, k``) and the 4x4 voxel-to-world affine in **RAS+ millimetres** (nibabel's and
+MONAI's convention). NIfTI goes through nibabel (which applies ``scl_slope``/``scl_inter`` and
+treats a NaN or zero slope as "no scaling"); NRRD, MHA/MHD and DICOM series go through SimpleITK,
+whose LPS direction/origin are converted to RAS here. Writing is NIfTI with the given affine, to a
+temporary name in the target folder and then renamed, so a killed run never leaves a half-written
+file under the final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+#: Largest distance of a DICOM slice from its place on the regular grid (first slice + i x mean
+#: gap), as a fraction of the mean gap, that is still read as that grid. The shared oblique
+#: MEMPRAGE series has one 2 mm gap among 1 mm gaps: its slices sit up to 0.67 gap off the mean
+#: grid (the grid its NIfTI conversion uses). Larger deviations mean missing slices and are refused.
+DICOM_SLICE_POSITION_TOLERANCE = 0.75
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VolumeError(ValueError):
+    """A file that cannot be used as a volume; the message names the file and the problem."""
+
+
+@dataclass
+class Volume:
+    """A 3D scan: ``array`` of shape ``(I, J, K)`` (float32) and its RAS ``affine`` (4x4, mm)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: str
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size along each array axis in mm."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes such as ``"RAS"`` or ``"LPS"`` (nibabel convention)."""
+        return "".join(nib.aff2axcodes(self.affine))
+
+
+def image_suffix(path: Path) -> str:
+    """The format suffix of ``path`` (``.nii.gz`` counts as one), lower case."""
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return path.suffix.lower()
+
+
+def is_image_path(path: Path) -> bool:
+    """True for a file with a supported image suffix (not for DICOM folders)."""
+    return image_suffix(path) in NIFTI_SUFFIXES + ITK_SUFFIXES
+
+
+def read_volume(path: str | os.PathLike, *, check_values: bool = True, series_uid: str | None = None) -> Volume:
+    """Read a 3D volume from NIfTI, NRRD, MHA/MHD or a folder holding one DICOM series.
+
+    Args:
+        path: file, or folder of DICOM files.
+        check_values: refuse NaN/Inf voxels and volumes with a single value (image volumes);
+            label maps pass ``False``.
+        series_uid: for a folder with several DICOM series, the SeriesInstanceUID to read.
+
+    Returns:
+        :class:`Volume` with a float32 ``(I, J, K)`` array and a RAS affine in mm.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        VolumeError: not a readable image, not 3D (a trailing axis of size 1 is dropped), NaN/Inf
+            voxels, a constant volume, or a DICOM folder with missing or ambiguous slices.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    if p.is_dir():
+        array, affine = _read_dicom_series(p, series_uid)
+    else:
+        suffix = image_suffix(p)
+        try:
+            if suffix in NIFTI_SUFFIXES:
+                img = nib.load(str(p))
+                array = np.asanyarray(img.dataobj)
+                affine = np.asarray(img.affine, dtype=np.float64)
+            elif suffix in ITK_SUFFIXES:
+                array, affine = _read_itk(p)
+            else:
+                raise VolumeError(
+                    f"{p}: unsupported file type {suffix!r}; expected one of "
+                    f"{', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)} or a DICOM folder"
+                )
+        except VolumeError:
+            raise
+        except Exception as err:  # nibabel/SimpleITK raise many types for corrupt files
+            raise VolumeError(f"{p}: could not be read as an image ({type(err).__name__}: {err})") from err
+    array = np.asarray(array)
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise VolumeError(f"{p}: expected a 3D volume, got an array of shape {tuple(array.shape)}")
+    if min(array.shape) < 2:
+        raise VolumeError(f"{p}: expected a 3D volume, got a single slice of shape {tuple(array.shape)}")
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise VolumeError(f"{p}: the header's voxel-to-world affine is missing or degenerate:\n{affine}")
+    array = array.astype(np.float32, copy=False)
+    if check_values:
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise VolumeError(f"{p}: {int(bad.sum())} voxels are NaN or Inf; fix or mask them before use")
+        if array.max() == array.min():
+            raise VolumeError(f"{p}: every voxel has the value {float(array.flat[0])}; nothing to translate")
+    return Volume(array=array, affine=affine, path=str(p))
+
+
+def read_label_map(path: str | os.PathLike, image: Volume | None = None) -> Volume:
+    """Read an integer label map; when ``image`` is given it must share its grid.
+
+    Raises:
+        VolumeError: non-integer values, or shape/affine different from ``image``.
+    """
+    lab = read_volume(path, check_values=False)
+    if not np.all(np.isfinite(lab.array)) or np.any(lab.array != np.round(lab.array)):
+        raise VolumeError(f"{lab.path}: a label map must hold whole numbers; found non-integer or NaN values")
+    if image is not None:
+        if lab.array.shape != image.array.shape:
+            raise VolumeError(
+                f"{lab.path}: label map shape {lab.array.shape} differs from its image "
+                f"{image.path} shape {image.array.shape}"
+            )
+        if not np.allclose(lab.affine, image.affine, atol=1e-3):
+            raise VolumeError(
+                f"{lab.path}: label map affine differs from its image {image.path}:\n"
+                f"{np.round(lab.affine, 4)}\nvs\n{np.round(image.affine, 4)}"
+            )
+    return lab
+
+
+def _itk_to_ras_affine(img) -> np.ndarray:  # noqa: ANN001 - SimpleITK.Image
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction @ np.diag(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()
+    return _LPS_TO_RAS @ lps
+
+
+def _read_itk(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(p))
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        shape = img.GetSize() + ((img.GetNumberOfComponentsPerPixel(),) if img.GetNumberOfComponentsPerPixel() > 1 else ())
+        raise VolumeError(f"{p}: expected a 3D single-channel volume, got size {shape}")
+    # SimpleITK arrays are (k, j, i); transpose to the (i, j, k) order of the affine.
+    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), _itk_to_ras_affine(img)
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    uids = list(reader.GetGDCMSeriesIDs(str(folder)) or ())
+    if not uids:
+        raise VolumeError(f"{folder}: a folder must hold one DICOM series; no DICOM files found")
+    if series_uid is None and len(uids) > 1:
+        raise VolumeError(f"{folder}: holds {len(uids)} DICOM series ({', '.join(uids)}); choose one with series_uid")
+    uid = series_uid or uids[0]
+    if uid not in uids:
+        raise VolumeError(f"{folder}: no DICOM series {uid}; found {', '.join(uids)}")
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+    if len(files) < 2:
+        raise VolumeError(f"{folder}: DICOM series {uid} has {len(files)} slice; expected a volume")
+    # Slice positions along the slice normal: ITK assumes a regular grid and only warns when it
+    # is not, so check the gaps ourselves (missing slices would silently stretch the anatomy).
+    positions = []
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        r.ReadImageInformation()
+        positions.append([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
+        if len(positions) == 1:
+            iop = [float(v) for v in r.GetMetaData("0020|0037").split("\\")]
+    normal = np.cross(iop[:3], iop[3:])
+    dist = np.sort(np.asarray(positions) @ normal)
+    gaps = np.diff(dist)
+    mean_gap = (dist[-1] - dist[0]) / (len(dist) - 1)
+    off = np.max(np.abs(dist - (dist[0] + mean_gap * np.arange(len(dist))))) / mean_gap if mean_gap > 0 else np.inf
+    if gaps.min() <= 1e-6 * max(mean_gap, 1e-6) or off > DICOM_SLICE_POSITION_TOLERANCE:
+        raise VolumeError(
+            f"{folder}: DICOM slice gaps range {gaps.min():.3f}..{gaps.max():.3f} mm (mean {mean_gap:.3f} mm); "
+            f"slices lie up to {off:.2f} gaps off a regular grid (tolerance {DICOM_SLICE_POSITION_TOLERANCE}): "
+            "slices are missing or duplicated"
+        )
+    if gaps.max() - gaps.min() > 1e-3 * mean_gap:
+        logger.warning(
+            "%s: uneven DICOM slice gaps (%.3f..%.3f mm); read on a regular grid of %.4f mm, slices up to %.2f gaps off",
+            folder, gaps.min(), gaps.max(), mean_gap, off,
+        )
+    reader.SetFileNames(files)
+    prev = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # the gap check above replaces ITK's warning
+    try:
+        img = reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(prev)
+    # Use the mean gap over the whole series (first to last slice), not ITK's first-two-slice gap.
+    spacing = list(img.GetSpacing())
+    spacing[2] = float(mean_gap)
+    img.SetSpacing(spacing)
+    array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+    return array, _itk_to_ras_affine(img)
+
+
+def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, *, dtype: type | None = None) -> Path:
+    """Write ``array`` with ``affine`` (RAS, mm) as NIfTI, atomically (temporary name, then rename).
+
+    Raises:
+        VolumeError: the folder cannot be created or written.
+    """
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VolumeError(f"{out}: cannot create the output folder ({err})") from err
+    arr = np.asarray(array if dtype is None else array.astype(dtype))
+    img = nib.Nifti1Image(arr, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    suffix = image_suffix(out) if image_suffix(out) in NIFTI_SUFFIXES else ".nii.gz"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", suffix=suffix, dir=out.parent)
+        os.close(fd)
+    except OSError as err:
+        raise VolumeError(f"{out}: cannot write to {out.parent} ({err})") from err
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (temporary name in the same folder, then rename)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def strip_image_suffix(path: Path) -> str:
+    """File name without its image suffix (``ct.nii.gz`` -> ``ct``); a folder keeps its name."""
+    if path.is_dir():
+        return path.name
+    suffix = image_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.name
+
+
+def expand_inputs(patterns: list[str | os.PathLike]) -> list[Path]:
+    """Files, folders and globs -> the volumes they name, in order, without duplicates.
+
+    A folder holding image files stands for those files; a folder without any stands for one
+    DICOM series. A path that does not exist is kept, so the caller reports it as missing.
+    """
+    import glob
+
+    out: list[Path] = []
+    for pat in patterns:
+        s = str(pat)
+        if any(ch in s for ch in "*?[") and not Path(s).exists():
+            matches = sorted(glob.glob(s))
+            out += [Path(m) for m in matches] if matches else [Path(s)]
+            continue
+        p = Path(s)
+        if p.is_dir():
+            images = sorted(f for f in p.iterdir() if f.is_file() and is_image_path(f))
+            out += images if images else [p]
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))

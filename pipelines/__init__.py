@@ -1,0 +1,1 @@
+"""End-to-end pipelines built on the medgan library, each with its config schema."""
