@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Medical-image domain translation (CT <-> MR) on MONAI.")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)  # soft_wrap: paths in messages stay whole
+out = Console(soft_wrap=True)
 
 
 @app.callback()

@@ -40,13 +40,19 @@ def intensity_stats_per_class(image: np.ndarray, labels: np.ndarray, classes: li
 
 
 def body_mask(ct_hu: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
-    """Body mask of a CT in HU: voxels above ``threshold_hu``, largest component, holes filled."""
+    """Body mask of a CT in HU: voxels above ``threshold_hu``, largest component, holes filled in
+    3D and slice by slice along each axis (so airways and bowel gas open at the volume's ends are
+    inside the body)."""
     mask = ct_hu > threshold_hu
     lab, n = ndimage.label(mask)
     if n > 1:
         sizes = ndimage.sum(mask, lab, range(1, n + 1))
         mask = lab == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(mask)
+    mask = ndimage.binary_fill_holes(mask)
+    for axis in range(mask.ndim):
+        filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)])
+        mask |= np.moveaxis(filled, 0, axis)
+    return mask
 
 
 def paired_metrics(sct_hu: np.ndarray, ct_hu: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:

@@ -62,7 +62,8 @@ def to_input_grid(
         affine, shape: the input volume's RAS affine and ``(I, J, K)`` shape.
         mode: ``"bilinear"`` for intensities, ``"nearest"`` for labels.
     """
-    src = MetaTensor(canonical.detach().float().cpu(), affine=torch.as_tensor(canonical_affine, dtype=torch.float64))
+    data = canonical.as_tensor() if isinstance(canonical, MetaTensor) else canonical
+    src = MetaTensor(data.detach().float().cpu(), affine=torch.as_tensor(canonical_affine, dtype=torch.float64))
     out = SpatialResample(mode=mode, padding_mode="border")(
         src, dst_affine=torch.as_tensor(affine, dtype=torch.float64), spatial_size=tuple(int(s) for s in shape)
     )
@@ -158,8 +159,13 @@ class PatchDataset(torch.utils.data.Dataset):
         crop.set_random_state(seed=int(rng.integers(2**31 - 1)))
         out = crop(vol)
         out = out[0] if isinstance(out, list) else out
+        # plain tensors: MetaTensors would carry their metadata into batches, pools and checkpoints
         return {
-            Keys.IMAGE.value: torch.as_tensor(out[Keys.IMAGE.value]).float().contiguous(),
-            Keys.LABEL.value: torch.as_tensor(out[Keys.LABEL.value]).long().contiguous(),
+            Keys.IMAGE.value: _plain(out[Keys.IMAGE.value]).float().contiguous(),
+            Keys.LABEL.value: _plain(out[Keys.LABEL.value]).long().contiguous(),
             Keys.HAS_LABEL.value: vol[Keys.HAS_LABEL.value],
         }
+
+
+def _plain(x) -> torch.Tensor:  # noqa: ANN001
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)

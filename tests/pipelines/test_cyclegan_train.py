@@ -1,0 +1,92 @@
+"""Training: losses fall, checkpoints hold the full state, resume continues exactly."""
+
+import math
+
+import pytest
+import torch
+
+from medgan.checkpoint import CheckpointError, load_training_state
+from medgan.config import ConfigError, load_config
+from pipelines.cyclegan.config import CycleGANConfig
+from pipelines.cyclegan.trainer import CycleGANTrainer, read_losses
+from tests.conftest import ROOT, tiny_config
+
+
+def test_training_steps_lower_the_cycle_loss(tmp_path):
+    tr = CycleGANTrainer(tiny_config(tmp_path, "optim.lr=1e-3", "optim.n_iters=100"), progress=False)
+    a, b = tr._batch("CT", 1), tr._batch("MR", 1)
+    cycles = []
+    for it in range(1, 16):
+        tr.iteration = it
+        logs = tr.train_step(a, b)
+        cycles.append(logs["cycle_CT"] + logs["cycle_MR"])
+        assert all(math.isfinite(v) for v in logs.values())
+    assert sum(cycles[-3:]) / 3 < 0.7 * sum(cycles[:3]) / 3, cycles
+
+
+def test_resume_gives_the_same_next_losses(tmp_path):
+    full = CycleGANTrainer(tiny_config(tmp_path / "full", "optim.n_iters=4", "train.pool_size=1"), progress=False)
+    full.fit()
+    part = CycleGANTrainer(tiny_config(tmp_path / "part", "optim.n_iters=4", "train.pool_size=1"), progress=False)
+    ckpt = part.fit(n_iters=2)
+    resumed = CycleGANTrainer(tiny_config(tmp_path / "part", "optim.n_iters=4", "train.pool_size=1"), resume=ckpt, progress=False)
+    assert resumed.iteration == 2
+    resumed.fit()
+    a, b = read_losses(tmp_path / "full"), read_losses(tmp_path / "part")
+    assert [r["iteration"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a[2:], b[2:]):
+        for k in ra:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (k, ra[k], rb[k])
+
+
+def test_checkpoint_holds_full_state_and_loads_weights_only(tiny_checkpoint):
+    names = {p.name for p in tiny_checkpoint.iterdir()}
+    assert {"weights.safetensors", "training_state.pt", "config.yaml", "meta.json"} <= names
+    state = load_training_state(tiny_checkpoint)
+    assert set(state) >= {"iteration", "optimizers", "schedulers", "pools", "rng"}
+    assert set(state["optimizers"]) == {"G", "D", "S"}
+
+
+def test_malicious_training_state_is_refused(tmp_path, tiny_checkpoint):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, bad / "training_state.pt")
+    with pytest.raises(CheckpointError, match="refused or unreadable"):
+        load_training_state(bad)
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path, tiny_checkpoint):
+    cfg = tiny_config(tmp_path, "network.ngf=6")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        CycleGANTrainer(cfg, resume=tiny_checkpoint, progress=False)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.bogus=1", "train.bogus: Extra inputs are not permitted"),
+    ("optim.n_iters=many", "optim.n_iters"),
+    ("loss.gan_mode=wgan-gp", "loss.gan_mode"),
+    ("notakey", "must look like"),
+])
+def test_config_errors_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", [override])
+
+
+def test_label_ids_absent_from_class_map(tmp_path):
+    import json
+
+    cm = tmp_path / "cm.json"
+    table = json.loads((ROOT / "data_samples/phantom/classmap.json").read_text())
+    del table["phantom"]["9"]  # the phantom's autochthon_left id becomes unknown
+    table["phantom"]["10"] = "autochthon_left"
+    cm.write_text(json.dumps(table))
+    cfg = tiny_config(tmp_path, f"domain_a.labels.classmap={cm}")
+    with pytest.raises(ValueError, match=r"phantom-ct-01_labels.nii.gz: label ids \[9\]"):
+        CycleGANTrainer(cfg, progress=False)

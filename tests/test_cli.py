@@ -1,0 +1,61 @@
+"""The medgan command through typer's CliRunner: help, exit codes, messages."""
+
+import numpy as np
+from typer.testing import CliRunner
+
+from medgan.cli import app
+from tests.conftest import PHANTOM, ROOT, TINY, write_nifti_file
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("train", "translate", "evaluate", "demo", "phantom"):
+        assert cmd in res.output
+
+
+def test_train_missing_config():
+    res = runner.invoke(app, ["train", "nope.yaml"])
+    assert res.exit_code == 2 and "nope.yaml: config file does not exist" in res.output
+
+
+def test_train_unknown_key():
+    res = runner.invoke(app, ["train", str(ROOT / "configs/phantom.yaml"), "train.bogus=1"])
+    assert res.exit_code == 2 and "train.bogus" in res.output and "Extra inputs" in res.output
+
+
+def test_train_one_iteration(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    res = runner.invoke(app, ["train", "configs/phantom.yaml", *TINY, "optim.n_iters=1", f"train.output_dir={tmp_path}"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "checkpoints/iter_000001/weights.safetensors").is_file()
+    assert (tmp_path / "losses.csv").read_text().count("\n") == 2
+
+
+def test_translate_reports_failures_with_exit_code(tmp_path, tiny_checkpoint):
+    good = write_nifti_file(tmp_path / "good.nii.gz", np.random.default_rng(0).random((20, 20, 12), dtype=np.float32), np.eye(4) * 3 + np.diag([0, 0, 0, -2]))
+    res = runner.invoke(app, ["translate", str(good), str(tmp_path / "missing.nii.gz"), "-c", str(tiny_checkpoint),
+                              "-d", "mr2ct", "-o", str(tmp_path / "out")])
+    assert res.exit_code == 1
+    assert "1 translated, 1 failed" in res.output and "missing.nii.gz: no such file" in res.output
+    assert (tmp_path / "out/good_mr2ct.nii.gz").is_file()
+
+
+def test_translate_bad_checkpoint(tmp_path):
+    res = runner.invoke(app, ["translate", "x.nii.gz", "-c", str(tmp_path), "-d", "mr2ct", "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "not a medgan checkpoint" in res.output
+
+
+def test_translate_bad_direction(tmp_path, tiny_checkpoint):
+    res = runner.invoke(app, ["translate", "x.nii.gz", "-c", str(tiny_checkpoint), "-d", "ct2pet", "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown direction 'ct2pet'" in res.output
+
+
+def test_evaluate_prints_table(tmp_path, tiny_checkpoint):
+    runner.invoke(app, ["translate", str(PHANTOM / "ct/phantom-ct-01.nii.gz"), "-c", str(tiny_checkpoint), "-d", "ct2mr", "-o", str(tmp_path)])
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "phantom-ct-01_ct2mr.nii.gz"), "-c", str(tiny_checkpoint), "-d", "ct2mr",
+                              "--source-labels", str(PHANTOM / "ct/phantom-ct-01_labels.nii.gz"), "-o", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert "liver" in res.output and (tmp_path / "ev/evaluation.json").is_file()

@@ -1,0 +1,149 @@
+"""medgan.io: reading every format with its geometry, refusing bad input, atomic writes."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medgan.io import VolumeError, expand_inputs, read_label_map, read_volume, write_nifti
+from tests.conftest import DATA_DIR, axcodes_affine, oblique_affine, requires_data, write_nifti_file
+
+RNG = np.random.default_rng(0)
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _vol(shape=(12, 10, 8)) -> np.ndarray:
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("codes", ["RAS", "LPS", "PIR", "LAS"])
+def test_nifti_affine_and_orientation(tmp_path, codes):
+    aff = axcodes_affine(codes)
+    arr = _vol()
+    v = read_volume(write_nifti_file(tmp_path / "x.nii.gz", arr, aff))
+    assert v.orientation == codes
+    np.testing.assert_allclose(v.affine, aff)
+    np.testing.assert_array_equal(v.array, arr)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_itk_formats_match_nifti_geometry(tmp_path, suffix):
+    """An image written by SimpleITK (LPS) reads with the same RAS affine nibabel gives its NIfTI."""
+    arr = _vol()
+    img = sitk.GetImageFromArray(arr.transpose(2, 1, 0))
+    img.SetSpacing((1.5, 2.0, 2.5))
+    img.SetOrigin((3.0, -4.0, 5.0))
+    d = sitk.VersorRigid3DTransform((0.1, 0.2, 0.05, 0.97)).GetMatrix()
+    img.SetDirection(d)
+    sitk.WriteImage(img, str(tmp_path / f"x{suffix}"))
+    sitk.WriteImage(img, str(tmp_path / "x.nii.gz"))
+    a, b = read_volume(tmp_path / f"x{suffix}"), read_volume(tmp_path / "x.nii.gz")
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-4)
+    np.testing.assert_array_equal(a.array, b.array)
+    np.testing.assert_array_equal(a.array, arr)
+
+
+def test_nan_scale_slope_reads_raw_values(tmp_path):
+    arr = np.arange(8 * 9 * 10, dtype=np.int16).reshape(8, 9, 10)
+    img = nib.Nifti1Image(arr, np.eye(4))
+    img.header["scl_slope"] = np.nan
+    img.header["scl_inter"] = np.nan
+    nib.save(img, str(tmp_path / "x.nii"))
+    np.testing.assert_array_equal(read_volume(tmp_path / "x.nii").array, arr)
+
+
+def test_scale_slope_is_applied(tmp_path):
+    arr = (np.arange(8 * 9 * 10) % 300).astype(np.int16).reshape(8, 9, 10)
+    img = nib.Nifti1Image(arr, np.eye(4))
+    img.header.set_slope_inter(4385.0, 0.0)
+    nib.save(img, str(tmp_path / "x.nii.gz"))
+    assert read_volume(tmp_path / "x.nii.gz").array.max() == pytest.approx(299 * 4385.0)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.nii.gz", "no such file"),
+        (lambda p: _write(p / "text.nii.gz", b"hello"), "could not be read"),
+        (lambda p: _write(p / "trunc.nii.gz", gzip.compress(b"\x00" * 400)[:50]), "could not be read"),
+        (lambda p: write_nifti_file(p / "two_d.nii.gz", _vol((12, 10)), np.eye(4)), "expected a 3D volume"),
+        (lambda p: write_nifti_file(p / "four_d.nii.gz", _vol((6, 6, 6, 3)), np.eye(4)), "expected a 3D volume"),
+        (lambda p: write_nifti_file(p / "nan.nii.gz", np.where(_vol() > 1, np.nan, 1).astype(np.float32), np.eye(4)), "NaN or Inf"),
+        (lambda p: write_nifti_file(p / "zero.nii.gz", np.zeros((6, 6, 6), np.float32), np.eye(4)), "every voxel has the value 0"),
+        (lambda p: _write(p / "x.png", b"png"), "unsupported file type"),
+    ],
+)
+def test_bad_input_names_file_and_problem(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises((VolumeError, FileNotFoundError)) as info:
+        read_volume(path)
+    assert str(path) in str(info.value) and message in str(info.value)
+
+
+def test_label_map_must_share_grid(tmp_path):
+    img = read_volume(write_nifti_file(tmp_path / "img.nii.gz", _vol(), np.eye(4)))
+    write_nifti_file(tmp_path / "bad_shape.nii.gz", np.zeros((12, 10, 7), np.uint8), np.eye(4))
+    write_nifti_file(tmp_path / "bad_affine.nii.gz", np.zeros((12, 10, 8), np.uint8), np.diag([2, 1, 1, 1.0]))
+    write_nifti_file(tmp_path / "frac.nii.gz", np.full((12, 10, 8), 0.5, np.float32), np.eye(4))
+    with pytest.raises(VolumeError, match="bad_shape.*shape"):
+        read_label_map(tmp_path / "bad_shape.nii.gz", img)
+    with pytest.raises(VolumeError, match="bad_affine.*affine differs"):
+        read_label_map(tmp_path / "bad_affine.nii.gz", img)
+    with pytest.raises(VolumeError, match="frac.*whole numbers"):
+        read_label_map(tmp_path / "frac.nii.gz", img)
+
+
+def test_write_is_atomic_and_keeps_affine(tmp_path):
+    aff = oblique_affine()
+    out = write_nifti(tmp_path / "sub" / "y.nii.gz", _vol(), aff)
+    assert [p.name for p in out.parent.iterdir()] == ["y.nii.gz"]  # no temporary left behind
+    np.testing.assert_allclose(read_volume(out).affine, aff, atol=1e-5)
+
+
+def test_unwritable_output_folder_is_reported(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(VolumeError, match="cannot create the output folder"):
+        write_nifti(blocker / "y.nii.gz", _vol(), np.eye(4))
+
+
+def test_expand_inputs(tmp_path):
+    for n in ("a.nii.gz", "b.nrrd", "notes.txt"):
+        (tmp_path / n).write_text("x")
+    (tmp_path / "dicom").mkdir()
+    got = expand_inputs([str(tmp_path), str(tmp_path / "*.nii.gz"), str(tmp_path / "dicom"), "missing.nii"])
+    assert [p.name for p in got] == ["a.nii.gz", "b.nrrd", "dicom", "missing.nii"]
+
+
+@requires_data
+def test_shared_dicom_series_matches_its_nifti():
+    """The oblique MEMPRAGE series (one 2 mm gap among 1 mm gaps) reads on the grid of its NIfTI."""
+    d = read_volume(DATA_DIR / "head/dicom/adi-t1-memprage")
+    n = read_volume(DATA_DIR / "head/mr/adi-t1-memprage.nii.gz")
+    assert d.array.shape == n.array.shape
+    np.testing.assert_allclose(d.affine, n.affine, atol=1e-3)
+    np.testing.assert_array_equal(d.array, n.array)
+
+
+@requires_data
+def test_dicom_series_with_missing_slices_is_refused(tmp_path):
+    import shutil
+
+    src = sorted((DATA_DIR / "head/dicom/adi-t1-memprage").iterdir())
+    files = [f for f in src]
+    reader = sitk.ImageSeriesReader()
+    ordered = reader.GetGDCMSeriesFileNames(str(DATA_DIR / "head/dicom/adi-t1-memprage"))
+    drop = set(ordered[40:46])  # six consecutive slices
+    for f in files:
+        if str(f) not in drop:
+            shutil.copy(f, tmp_path / f.name)
+    with pytest.raises(VolumeError, match="missing or duplicated"):
+        read_volume(tmp_path)
