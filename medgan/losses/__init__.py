@@ -1,6 +1,15 @@
 """Loss modules (never read a config; weights are applied by the trainers)."""
 
-from medgan.losses.adversarial import GAN_MODES, AdversarialLoss
+from medgan.losses.adversarial import (
+    GAN_MODES,
+    AdversarialLoss,
+    build_adversarial_loss,
+    clip_weights,
+    gradient_penalty,
+    r1_penalty,
+)
+from medgan.losses.divergences import MMDLoss, kl_normal, mmd2
 from medgan.losses.segmentation import MaskedDiceCELoss
 
-__all__ = ["GAN_MODES", "AdversarialLoss", "MaskedDiceCELoss"]
+__all__ = ["GAN_MODES", "AdversarialLoss", "MMDLoss", "MaskedDiceCELoss", "build_adversarial_loss", "clip_weights",
+           "gradient_penalty", "kl_normal", "mmd2", "r1_penalty"]
