@@ -162,5 +162,21 @@ def demo(
     out.print(f"outputs in {output}; figure {output / 'demo.png'}")
 
 
+@app.command("slices-demo")
+def slices_demo(
+    data: Path = typer.Option(Path("../shared/data"), help="The shared data folder."),
+    output: Path = typer.Option(Path("runs/slices"), "--output", "-o"),
+    gan_iters: int = typer.Option(1500), vae_iters: int = typer.Option(1500), size: int = typer.Option(64),
+) -> None:
+    """Train a 2D WGAN-GP DCGAN and a VAE on axial slices of real T1 head MRs; write sample grids."""
+    try:
+        from pipelines.slices_demo import run_slices_demo
+
+        summary = run_slices_demo(data, output, gan_iters, vae_iters, size)
+    except USER_ERRORS as err:
+        _fail(err)
+    out.print(f"{summary['slices']} slices; grids in {output}")
+
+
 if __name__ == "__main__":
     app()
