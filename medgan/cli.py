@@ -61,23 +61,29 @@ def translate(
     direction: str = typer.Option(..., "--direction", "-d", help="e.g. mr2ct or ct2mr."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder."),
     segment: bool = typer.Option(False, help="Also write the target-domain segmenter's labels."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda:N."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda:N (under torchrun: one GPU per rank)."),
+    prefetch: int = typer.Option(2, help="Scans read and preprocessed ahead in the background."),
+    series_uid: Optional[str] = typer.Option(None, help="DICOM folders: only this SeriesInstanceUID."),
+    series_description: Optional[str] = typer.Option(None, help="DICOM folders: only series whose description matches this glob."),
 ) -> None:
-    """Translate whole volumes; outputs sit on each input's grid. Exit code 1 if any input failed."""
+    """Translate whole volumes; outputs sit on each input's grid. A manifest in the output folder
+    makes a rerun skip finished scans. Under `torchrun --nproc-per-node N -m medgan translate ...`
+    each rank takes its share. Exit code 1 if any scan failed."""
     try:
         from pipelines.cyclegan.translate import translate as run
 
-        def show(path, written, error) -> None:  # noqa: ANN001
+        def show(job, written, error) -> None:  # noqa: ANN001
             if error:
                 console.print(f"[red]FAILED[/] {error}", highlight=False)
             else:
-                out.print(f"ok  {path} -> {written[0]}", highlight=False)
+                out.print(f"ok  {job.source} -> {written[0]}", highlight=False)
 
-        report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=show)
+        report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=show,
+                     prefetch=prefetch, series_uid=series_uid, series_description=series_description)
     except USER_ERRORS as err:
         _fail(err)
     n_ok, n_bad = len(report.written), len(report.failed)
-    out.print(f"{n_ok} translated, {n_bad} failed")
+    out.print(f"{n_ok} translated, {n_bad} failed, {len(report.skipped)} already done")
     if n_bad:
         raise typer.Exit(1)
 

@@ -300,3 +300,43 @@ def expand_inputs(patterns: list[str | os.PathLike]) -> list[Path]:
         else:
             out.append(p)
     return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series in a DICOM folder."""
+
+    folder: Path
+    uid: str
+    description: str
+    n_files: int
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """The DICOM series in ``folder`` (SeriesInstanceUID, SeriesDescription, file count)."""
+    import SimpleITK as sitk
+
+    p = Path(folder)
+    reader = sitk.ImageSeriesReader()
+    series = []
+    for uid in reader.GetGDCMSeriesIDs(str(p)) or ():
+        files = reader.GetGDCMSeriesFileNames(str(p), uid)
+        r = sitk.ImageFileReader()
+        r.SetFileName(files[0])
+        r.ReadImageInformation()
+        desc = r.GetMetaData("0008|103e").strip() if r.HasMetaDataKey("0008|103e") else ""
+        series.append(DicomSeries(p, uid, desc, len(files)))
+    return series
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, or of a folder's files (sorted by name) for DICOM series."""
+    import hashlib
+
+    p = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.iterdir() if x.is_file()) if p.is_dir() else [p]:
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()

@@ -9,22 +9,20 @@ shape and affine, whatever its orientation or format.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-import medgan
-from medgan.checkpoint import CONFIG, load_networks, read_meta, resolve_checkpoint
+from medgan.batch import BatchReport, dist_env, plan_jobs, run_batch
+from medgan.checkpoint import CONFIG, WEIGHTS, load_networks, read_meta, resolve_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, to_input_grid
 from medgan.inference import sliding_window
-from medgan.io import Volume, atomic_write_text, expand_inputs, read_volume, strip_image_suffix, write_nifti
+from medgan.io import Volume, VolumeError, sha256_of
 from medgan.utils import resolve_device
 from pipelines.cyclegan.config import CycleGANConfig
 from pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
@@ -41,18 +39,6 @@ class Translated:
     image: np.ndarray
     affine: np.ndarray
     labels: np.ndarray | None = None
-
-
-@dataclass
-class BatchReport:
-    """Outcome of a batch: written files per input, and the inputs that failed with why."""
-
-    written: dict[str, list[str]] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 class Translator:
@@ -115,16 +101,10 @@ class Translator:
 
     def translate_volume(self, volume: Volume, direction: str, segment: bool = False) -> Translated:
         """Translate one volume; the result is on ``volume``'s grid (shape and affine)."""
-        src, tgt = self.parse_direction(direction)
-        image, _ = self._pre[src].image(volume)
-        canonical_affine = image.affine
-        y = self.translate_tensor(image.as_tensor()[None], direction)[0]
-        out = self.scaling[tgt].inverse(to_input_grid(y, canonical_affine, volume.affine, volume.array.shape, "bilinear")[0])
-        labels = None
-        if segment:
-            seg = self.segment_tensor(y[None], tgt)[0][None].float()
-            labels = to_input_grid(seg, canonical_affine, volume.affine, volume.array.shape, "nearest")[0].round().astype(np.uint8)
-        return Translated(image=out.astype(np.float32), affine=volume.affine, labels=labels)
+        task = self.task(direction, segment)
+        prepared = task.prepare(volume)
+        arrays = task.finish(volume, prepared, task.run(prepared))
+        return Translated(image=arrays[""][0], affine=volume.affine, labels=arrays["_seg"][0] if "_seg" in arrays else None)
 
     def segment_volume(self, volume: Volume, domain: str) -> np.ndarray:
         """Class indices ``(I, J, K)`` uint8 of a volume of ``domain`` by S_domain, on its grid."""
@@ -132,54 +112,78 @@ class Translator:
         seg = self.segment_tensor(image.as_tensor()[None], domain)[0][None].float()
         return to_input_grid(seg, image.affine, volume.affine, volume.array.shape, "nearest")[0].round().astype(np.uint8)
 
+    def task(self, direction: str, segment: bool = False) -> CycleGANTask:
+        """The batch task translating ``direction`` (see :func:`medgan.batch.run_batch`)."""
+        return CycleGANTask(self, direction, segment)
+
     def translate_file(self, path: str | Path, output_dir: str | Path, direction: str, segment: bool = False) -> list[Path]:
-        """Read, translate and write ``{stem}_{direction}.nii.gz`` (+ ``_seg`` and a JSON sidecar)."""
-        t0 = time.perf_counter()
-        vol = read_volume(path)
-        res = self.translate_volume(vol, direction, segment)
-        stem = f"{strip_image_suffix(Path(path))}_{direction.lower()}"
-        out = Path(output_dir)
-        written = [write_nifti(out / f"{stem}.nii.gz", res.image, res.affine, dtype=np.float32)]
-        if res.labels is not None:
-            written.append(write_nifti(out / f"{stem}_seg.nii.gz", res.labels, res.affine, dtype=np.uint8))
-        src, tgt = self.parse_direction(direction)
-        sidecar = {
-            "input": str(Path(path).resolve()),
-            "checkpoint": str(self.folder.resolve()),
-            "direction": f"{src}->{tgt}",
-            "medgan_version": medgan.__version__,
-            "units": "HU" if self.config.domain(tgt).intensity.kind == "window" else f"{tgt} training scale",
-            "target_range": [self.scaling[tgt].lower, self.scaling[tgt].upper],
-            "classes": ["background", *self.classes] if res.labels is not None else None,
-            "seconds": round(time.perf_counter() - t0, 3),
+        """Read, translate and write ``{stem}_{direction}.nii.gz`` (+ ``_seg`` and a JSON sidecar).
+
+        Raises:
+            VolumeError, FileNotFoundError: unreadable input or unwritable output folder.
+        """
+        job = plan_jobs([path])[0]
+        report = run_batch(self.task(direction, segment), [job], output_dir, prefetch=1, manifest=False, rank=0, world_size=1)
+        if report.failed:
+            raise VolumeError(next(iter(report.failed.values())))
+        return [Path(p) for p in next(iter(report.written.values()))]
+
+
+class CycleGANTask:
+    """:class:`medgan.batch.VolumeTask` for one direction: prepare = to the training frame,
+    run = generator (+ target segmenter) in sliding windows, finish = back to HU / MR units on
+    the input's grid."""
+
+    def __init__(self, translator: Translator, direction: str, segment: bool = False) -> None:
+        self.tr, self.segment = translator, segment
+        self.src, self.tgt = translator.parse_direction(direction)
+        self.name = f"{self.src}2{self.tgt}".lower()
+        if segment and not translator.classes:
+            raise ValueError(f"{translator.folder}: --segment needs a model with segmenters (no classes configured)")
+
+    def prepare(self, volume: Volume):  # noqa: ANN201
+        image, _ = self.tr.preprocessor(self.src).image(volume)
+        return image
+
+    def run(self, image) -> tuple[torch.Tensor, torch.Tensor | None]:  # noqa: ANN001
+        y = self.tr.translate_tensor(image.as_tensor()[None], f"{self.src}2{self.tgt}")
+        seg = self.tr.segment_tensor(y, self.tgt) if self.segment else None
+        return y[0], (seg[0] if seg is not None else None)
+
+    def finish(self, volume: Volume, image, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
+        y, seg = result
+        out = {"": (self.tr.scaling[self.tgt].inverse(
+            to_input_grid(y, image.affine, volume.affine, volume.array.shape, "bilinear")[0]).astype(np.float32), np.float32)}
+        if seg is not None:
+            lab = to_input_grid(seg[None].float(), image.affine, volume.affine, volume.array.shape, "nearest")[0]
+            out["_seg"] = (lab.round().astype(np.uint8), np.uint8)
+        return out
+
+    def provenance(self) -> dict:
+        return {
+            "checkpoint": str(self.tr.folder.resolve()),
+            "checkpoint_sha256": sha256_of(self.tr.folder / WEIGHTS),
+            "config": self.tr.config.model_dump(mode="json"),
+            "direction": f"{self.src}->{self.tgt}",
+            "units": "HU" if self.tr.config.domain(self.tgt).intensity.kind == "window" else f"{self.tgt} training scale",
+            "target_range": [self.tr.scaling[self.tgt].lower, self.tr.scaling[self.tgt].upper],
+            "classes": ["background", *self.tr.classes] if self.segment else None,
         }
-        written.append(atomic_write_text(out / f"{stem}.json", json.dumps(sidecar, indent=2)))
-        return written
 
 
 def translate(
     checkpoint: str | Path, inputs: list[str | Path], output_dir: str | Path, direction: str,
     segment: bool = False, device: str = "auto", on_result=None,  # noqa: ANN001
+    prefetch: int = 2, series_uid: str | None = None, series_description: str | None = None,
 ) -> BatchReport:
-    """Translate every volume named by ``inputs`` (files, folders, globs, DICOM folders).
-
-    A file that fails is logged and recorded in the report; the batch goes on. ``on_result``
-    (optional) is called as ``on_result(path, written_or_None, error_or_None)`` after each input.
-    """
+    """Translate every scan named by ``inputs`` (files, folders, globs, DICOM folders) into
+    ``output_dir``, with a manifest; finished scans of an earlier run are skipped. Under
+    ``torchrun`` each rank takes its share. A scan that fails is recorded and the batch goes on;
+    ``on_result(job, written_or_None, error_or_None)`` is called after each scan."""
+    rank, world, local_rank = dist_env()
+    if device == "auto" and world > 1 and torch.cuda.is_available():
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"
     translator = Translator(checkpoint, device)
-    translator.parse_direction(direction)
-    report = BatchReport()
-    for path in expand_inputs(list(inputs)):
-        try:
-            written = translator.translate_file(path, output_dir, direction, segment)
-        except Exception as err:  # one bad scan must not stop a study
-            msg = str(err) if str(path) in str(err) else f"{path}: {err}"
-            logger.error("failed: %s", msg)
-            report.failed[str(path)] = msg
-            if on_result:
-                on_result(path, None, msg)
-            continue
-        report.written[str(path)] = [str(w) for w in written]
-        if on_result:
-            on_result(path, written, None)
-    return report
+    task = translator.task(direction, segment)
+    jobs = plan_jobs(list(inputs), series_uid, series_description)
+    return run_batch(task, jobs, output_dir, prefetch=prefetch, rank=rank, world_size=world, on_result=on_result)

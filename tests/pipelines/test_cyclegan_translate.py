@@ -40,12 +40,12 @@ def test_bad_files_are_reported_and_the_batch_goes_on(tmp_path, tiny_checkpoint)
     flat = write_nifti_file(tmp_path / "flat.nii.gz", np.zeros((8, 8, 8), np.float32), np.eye(4))
     seen = []
     rep = translate(tiny_checkpoint, [nan, tmp_path / "missing.nii.gz", good, flat], tmp_path / "out", "mr2ct",
-                    on_result=lambda p, w, e: seen.append(p.name))
-    assert seen == ["nan.nii.gz", "missing.nii.gz", "good.nii.gz", "flat.nii.gz"]
+                    on_result=lambda job, w, e: seen.append(job.source.name))
+    assert sorted(seen) == ["flat.nii.gz", "good.nii.gz", "missing.nii.gz", "nan.nii.gz"]  # every scan reported
     assert list(rep.written) == [str(good)]
     assert set(rep.failed) == {str(nan), str(tmp_path / "missing.nii.gz"), str(flat)}
     assert "NaN" in rep.failed[str(nan)] and "no such file" in rep.failed[str(tmp_path / "missing.nii.gz")]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_mr2ct.json", "good_mr2ct.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_mr2ct.json", "good_mr2ct.nii.gz", "manifest.jsonl"]
 
 
 def test_translate_tensor_and_direction_names(tiny_checkpoint):

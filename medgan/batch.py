@@ -1,0 +1,320 @@
+"""Batch processing of whole studies: fast, resumable, bounded in memory, shardable.
+
+A :class:`VolumeTask` (translation, segmentation, sampling...) is split into three stages that
+:func:`run_batch` overlaps:
+
+1. ``prepare(volume)`` - in a pool of ``prefetch`` background threads: the next scans are read and
+   preprocessed while the current one runs on the model;
+2. ``run(prepared)`` - in the calling thread, on the model (loaded once, ``inference_mode``);
+3. ``finish(volume, prepared, result)`` and writing - in a background writer thread: back to the
+   input grid, written atomically (temporary name, then rename), with a provenance sidecar.
+
+At most ``prefetch`` prepared scans, one running scan and ``max_pending_writes`` scans being
+written are held at once, so memory is bounded whatever the number of scans.
+
+**Manifest and resume**: each rank appends one JSON line per scan to ``manifest.jsonl``
+(``manifest-rank{r}.jsonl`` under several ranks) after its outputs are in place: status,
+error, output names, SHA-256 checksums, input hash and timings. A rerun skips scans whose
+latest record is ``done`` and whose outputs still exist; a killed run leaves only complete
+outputs (temporary files never carry the final name) and redoes the rest.
+
+**Sharding**: under ``torchrun`` (``RANK``/``WORLD_SIZE``) scan ``i`` of the planned list goes to
+rank ``i % WORLD_SIZE``; every rank plans the same list, so no scan is done twice.
+
+**Safety**: output names are built from sanitised input names inside the output folder; manifest
+entries naming files outside it are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+import medgan
+from medgan.io import (
+    Volume,
+    VolumeError,
+    atomic_write_text,
+    expand_inputs,
+    list_dicom_series,
+    read_volume,
+    sha256_of,
+    strip_image_suffix,
+    write_nifti,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class VolumeTask(Protocol):
+    """What :func:`run_batch` runs on each scan."""
+
+    #: short name used in output file names, e.g. ``"mr2ct"``
+    name: str
+
+    def prepare(self, volume: Volume) -> Any: ...
+
+    def run(self, prepared: Any) -> Any: ...
+
+    def finish(self, volume: Volume, prepared: Any, result: Any) -> dict[str, tuple[np.ndarray, type]]:
+        """``{suffix: (array on the input grid, dtype)}``; ``""`` is the main output."""
+        ...
+
+    def provenance(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """One scan: a file, or a DICOM folder and series; ``stem`` names its outputs."""
+
+    source: Path
+    stem: str
+    series_uid: str | None = None
+
+
+@dataclass
+class BatchReport:
+    """Outcome of a batch (this rank): written outputs per input, failures with why, skipped scans."""
+
+    written: dict[str, list[str]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "scan"
+
+
+def plan_jobs(inputs: list[str | os.PathLike], series_uid: str | None = None, series_description: str | None = None) -> list[ScanJob]:
+    """Files, folders, globs and DICOM folders -> jobs with unique output stems, in input order.
+
+    A DICOM folder holding several series gives one job per series; ``series_uid`` or
+    ``series_description`` (a glob, case-insensitive) keep only matching series.
+    """
+    import fnmatch
+
+    jobs: list[ScanJob] = []
+    for p in expand_inputs(list(inputs)):
+        if p.is_dir():
+            series = list_dicom_series(p)
+            if series_uid:
+                series = [s for s in series if s.uid == series_uid]
+            if series_description:
+                series = [s for s in series if fnmatch.fnmatch(s.description.lower(), series_description.lower())]
+            if not series:
+                jobs.append(ScanJob(p, _safe(p.name)))  # read_volume reports why
+                continue
+            for s in series:
+                stem = _safe(p.name) if len(series) == 1 else _safe(f"{p.name}_{s.description or s.uid[-12:]}")
+                jobs.append(ScanJob(p, stem, s.uid))
+        else:
+            jobs.append(ScanJob(p, _safe(strip_image_suffix(p))))
+    seen: dict[str, int] = {}
+    for j in jobs:
+        seen[j.stem] = seen.get(j.stem, 0) + 1
+    out = []
+    for j in jobs:
+        if seen[j.stem] > 1:  # same name from different folders: add a hash of the full path
+            h = hashlib.sha1(f"{j.source.resolve()}|{j.series_uid}".encode()).hexdigest()[:8]
+            j = ScanJob(j.source, f"{j.stem}-{h}", j.series_uid)
+        out.append(j)
+    return out
+
+
+def dist_env() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment (0, 1, 0 without it)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+class Manifest:
+    """JSON-lines manifest of one rank, plus the records of all ranks for resuming."""
+
+    def __init__(self, output_dir: Path, rank: int, world_size: int) -> None:
+        self.dir = output_dir
+        self.path = output_dir / ("manifest.jsonl" if world_size == 1 else f"manifest-rank{rank}.jsonl")
+        self.lock = threading.Lock()
+
+    def records(self) -> dict[str, dict]:
+        """Latest record per stem over every manifest in the folder."""
+        latest: dict[str, dict] = {}
+        for f in sorted(self.dir.glob("manifest*.jsonl")):
+            for line in f.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    latest[str(rec["stem"])] = rec
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut by a kill
+        return latest
+
+    def finished(self) -> set[str]:
+        """Stems whose latest record is ``done`` and whose outputs are all present in the folder."""
+        done = set()
+        root = self.dir.resolve()
+        for stem, rec in self.records().items():
+            if rec.get("status") != "done":
+                continue
+            names = rec.get("outputs") or []
+            paths = [(self.dir / n).resolve() for n in names if isinstance(n, str) and "/" not in n and "\\" not in n]
+            if paths and len(paths) == len(names) and all(p.parent == root and p.is_file() for p in paths):
+                done.add(stem)
+        return done
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record) + "\n"
+        with self.lock, open(self.path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".medgan-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise VolumeError(f"{folder}: output folder is not writable ({err})") from err
+
+
+def run_batch(
+    task: VolumeTask,
+    jobs: list[ScanJob],
+    output_dir: str | os.PathLike,
+    *,
+    prefetch: int = 2,
+    max_pending_writes: int = 2,
+    rank: int | None = None,
+    world_size: int | None = None,
+    manifest: bool = True,
+    on_result: Callable[[ScanJob, list[Path] | None, str | None], None] | None = None,
+) -> BatchReport:
+    """Run ``task`` over ``jobs`` (this rank's share), writing into ``output_dir``.
+
+    Raises:
+        VolumeError: the output folder cannot be created or written (nothing can succeed).
+    """
+    out = Path(output_dir)
+    _check_writable(out)
+    env_rank, env_world, _ = dist_env()
+    rank = env_rank if rank is None else rank
+    world = env_world if world_size is None else world_size
+    man = Manifest(out, rank, world) if manifest else None
+    done = man.finished() if man else set()
+    report = BatchReport()
+    mine = []
+    for i, job in enumerate(jobs):
+        if i % world != rank:
+            continue
+        if job.stem in done:
+            report.skipped.append(str(job.source))
+        else:
+            mine.append(job)
+    for job in mine:  # temporaries of this rank's scans left by a killed run
+        for stale in out.glob(f".{job.stem}_{task.name}*.partial-*"):
+            stale.unlink(missing_ok=True)
+    if report.skipped:
+        logger.info("rank %d: %d scans already done, %d to do", rank, len(report.skipped), len(mine))
+    provenance = task.provenance()
+
+    def fail(job: ScanJob, err: BaseException, timings: dict) -> None:
+        msg = str(err) if str(job.source) in str(err) else f"{job.source}: {err}"
+        logger.error("failed: %s", msg)
+        report.failed[str(job.source)] = msg
+        if man:
+            man.append({"stem": job.stem, "input": str(job.source), "series_uid": job.series_uid, "status": "failed",
+                        "error": msg, "timings": timings, "rank": rank, "time": time.time()})
+        if on_result:
+            on_result(job, None, msg)
+
+    def load(job: ScanJob) -> tuple[Volume, Any, float]:
+        t0 = time.perf_counter()
+        vol = read_volume(job.source, series_uid=job.series_uid)
+        return vol, task.prepare(vol), time.perf_counter() - t0
+
+    def write(job: ScanJob, vol: Volume, prepared: Any, result: Any, timings: dict) -> None:
+        try:
+            t0 = time.perf_counter()
+            arrays = task.finish(vol, prepared, result)
+            del prepared, result
+            written = []
+            for suffix, (arr, dtype) in arrays.items():
+                written.append(write_nifti(out / f"{job.stem}_{task.name}{suffix}.nii.gz", arr, vol.affine, dtype=dtype))
+            timings["write_s"] = round(time.perf_counter() - t0, 3)
+            sums = {p.name: sha256_of(p) for p in written}
+            sidecar = {
+                **provenance, "medgan_version": medgan.__version__, "task": task.name,
+                "input": str(Path(job.source).resolve()), "series_uid": job.series_uid, "input_sha256": sha256_of(job.source),
+                "input_shape": list(vol.array.shape), "input_affine": np.round(vol.affine, 6).tolist(),
+                "outputs": sums, "timings": timings,
+            }
+            side = atomic_write_text(out / f"{job.stem}_{task.name}.json", json.dumps(sidecar, indent=2))
+            names = [p.name for p in written] + [side.name]
+            if man:
+                man.append({"stem": job.stem, "input": str(job.source), "series_uid": job.series_uid, "status": "done",
+                            "error": None, "outputs": names, "sha256": sums, "input_sha256": sidecar["input_sha256"],
+                            "timings": timings, "rank": rank, "time": time.time()})
+            report.written[str(job.source)] = [str(p) for p in [*written, side]]
+            if on_result:
+                on_result(job, [*written, side], None)
+        except Exception as err:  # noqa: BLE001 - one scan's failure must not stop the batch
+            fail(job, err, timings)
+
+    readers = ThreadPoolExecutor(max_workers=max(1, prefetch), thread_name_prefix="medgan-read")
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medgan-write")
+    queue: deque[tuple[ScanJob, Future]] = deque()
+    pending: deque[Future] = deque()
+    todo = iter(mine)
+    try:
+        def top_up() -> None:
+            while len(queue) < max(1, prefetch):
+                job = next(todo, None)
+                if job is None:
+                    return
+                queue.append((job, readers.submit(load, job)))
+
+        top_up()
+        while queue:
+            job, fut = queue.popleft()
+            timings: dict = {}
+            try:
+                vol, prepared, timings["read_s"] = fut.result()
+            except Exception as err:  # noqa: BLE001
+                fail(job, err, timings)
+                top_up()
+                continue
+            top_up()
+            try:
+                t0 = time.perf_counter()
+                result = task.run(prepared)
+                timings["model_s"] = round(time.perf_counter() - t0, 3)
+            except Exception as err:  # noqa: BLE001
+                fail(job, err, timings)
+                continue
+            while len(pending) >= max(1, max_pending_writes):
+                pending.popleft().result()
+            pending.append(writer.submit(write, job, vol, prepared, result, timings))
+            del vol, prepared, result
+        for f in pending:
+            f.result()
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
+    return report
