@@ -45,6 +45,7 @@ import numpy as np
 
 import medgan
 from medgan.io import (
+    Grid,
     Volume,
     VolumeError,
     atomic_write_text,
@@ -69,7 +70,7 @@ class VolumeTask(Protocol):
 
     def run(self, prepared: Any) -> Any: ...
 
-    def finish(self, volume: Volume, prepared: Any, result: Any) -> dict[str, tuple[np.ndarray, type]]:
+    def finish(self, grid: Grid, prepared: Any, result: Any) -> dict[str, tuple[np.ndarray, type]]:
         """``{suffix: (array on the input grid, dtype)}``; ``""`` is the main output."""
         ...
 
@@ -244,12 +245,13 @@ def run_batch(
         if on_result:
             on_result(job, None, msg)
 
-    def load(job: ScanJob) -> tuple[Volume, Any, float]:
+    def load(job: ScanJob) -> tuple[Grid, Any, float]:
         t0 = time.perf_counter()
         vol = read_volume(job.source, series_uid=job.series_uid)
-        return vol, task.prepare(vol), time.perf_counter() - t0
+        prepared = task.prepare(vol)
+        return vol.grid, prepared, time.perf_counter() - t0  # the voxels are not kept: memory stays bounded
 
-    def write(job: ScanJob, vol: Volume, prepared: Any, result: Any, timings: dict) -> None:
+    def write(job: ScanJob, vol: Grid, prepared: Any, result: Any, timings: dict) -> None:
         try:
             t0 = time.perf_counter()
             arrays = task.finish(vol, prepared, result)
@@ -262,7 +264,7 @@ def run_batch(
             sidecar = {
                 **provenance, "medgan_version": medgan.__version__, "task": task.name,
                 "input": str(Path(job.source).resolve()), "series_uid": job.series_uid, "input_sha256": sha256_of(job.source),
-                "input_shape": list(vol.array.shape), "input_affine": np.round(vol.affine, 6).tolist(),
+                "input_shape": list(vol.shape), "input_affine": np.round(vol.affine, 6).tolist(),
                 "outputs": sums, "timings": timings,
             }
             side = atomic_write_text(out / f"{job.stem}_{task.name}.json", json.dumps(sidecar, indent=2))

@@ -36,6 +36,15 @@ class VolumeError(ValueError):
     """A file that cannot be used as a volume; the message names the file and the problem."""
 
 
+@dataclass(frozen=True)
+class Grid:
+    """Where a volume lives: ``shape (I, J, K)`` and RAS ``affine`` (4x4, mm) of its file."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    path: str
+
+
 @dataclass
 class Volume:
     """A 3D scan: ``array`` of shape ``(I, J, K)`` (float32) and its RAS ``affine`` (4x4, mm)."""
@@ -43,6 +52,11 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray
     path: str
+
+    @property
+    def grid(self) -> Grid:
+        """The grid alone (lets a batch drop the voxels once they are preprocessed)."""
+        return Grid(tuple(int(s) for s in self.array.shape), self.affine, self.path)  # type: ignore[arg-type]
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:

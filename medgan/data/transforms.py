@@ -61,13 +61,46 @@ def to_input_grid(
         canonical_affine: its RAS affine (4x4, mm).
         affine, shape: the input volume's RAS affine and ``(I, J, K)`` shape.
         mode: ``"bilinear"`` for intensities, ``"nearest"`` for labels.
+
+    Outside the canonical grid values are taken from its border. When the input's axes are
+    parallel to the canonical ones (any flip, permutation or spacing: every non-oblique scan) the
+    trilinear/nearest interpolation is done axis by axis, which needs no sampling grid (MONAI's
+    ``SpatialResample`` builds one of 3 x the output size); oblique inputs go through
+    ``SpatialResample``. Both give the same values (see tests/data/test_transforms.py).
     """
     data = canonical.as_tensor() if isinstance(canonical, MetaTensor) else canonical
-    src = MetaTensor(data.detach().float().cpu(), affine=torch.as_tensor(canonical_affine, dtype=torch.float64))
+    data = data.detach().float().cpu()
+    can_aff = np.asarray(torch.as_tensor(canonical_affine, dtype=torch.float64))
+    vox = np.linalg.solve(can_aff, np.asarray(affine, dtype=np.float64))  # input voxel -> canonical voxel
+    lin = vox[:3, :3]
+    perm = np.abs(lin).argmax(axis=0)  # canonical axis that each input axis runs along
+    off = lin.copy()
+    off[perm, range(3)] = 0
+    if sorted(perm) == [0, 1, 2] and np.abs(off).max() < 1e-6:
+        return _separable_resample(data, vox, perm, shape, mode)
+    src = MetaTensor(data, affine=torch.as_tensor(can_aff, dtype=torch.float64))
     out = SpatialResample(mode=mode, padding_mode="border")(
         src, dst_affine=torch.as_tensor(affine, dtype=torch.float64), spatial_size=tuple(int(s) for s in shape)
     )
     return out.as_tensor().numpy()
+
+
+def _separable_resample(data: torch.Tensor, vox: np.ndarray, perm: np.ndarray, shape: Sequence[int], mode: str) -> np.ndarray:
+    """Axis-aligned resampling by 1D interpolation along each axis (border padding)."""
+    # order the canonical axes as the input axes: canonical axis perm[a] becomes output axis a
+    x = data.permute(0, *(int(p) + 1 for p in perm))
+    for a in range(3):
+        n_src = x.shape[a + 1]
+        pos = torch.as_tensor(vox[perm[a], a] * np.arange(shape[a]) + vox[perm[a], 3], dtype=torch.float64)
+        pos = pos.clamp(0, n_src - 1)
+        if mode == "nearest":
+            x = x.index_select(a + 1, torch.round(pos).long().clamp(0, n_src - 1))  # half to even, as grid_sample
+            continue
+        i0 = pos.floor().long().clamp(0, n_src - 1)
+        i1 = (i0 + 1).clamp(max=n_src - 1)
+        w = (pos - i0).float().view(*[-1 if d == a + 1 else 1 for d in range(4)])
+        x = torch.lerp(x.index_select(a + 1, i0), x.index_select(a + 1, i1), w)
+    return x.contiguous().numpy()
 
 
 @dataclass
@@ -104,10 +137,9 @@ class DomainPreprocessor:
         to at least ``patch_size`` (image with -1, label with 0)."""
         vol = read_volume(entry[Keys.IMAGE.value])
         image, scaling = self.image(vol)
-        label_path = entry.get(Keys.LABEL.value)
+        # without a label mapping (no classes configured) labels are not used: unsupervised CycleGAN
+        label_path = entry.get(Keys.LABEL.value) if self.label_mapper is not None else None
         if label_path:
-            if self.label_mapper is None:
-                raise ValueError(f"{label_path}: this domain has no labels configuration (set its labels section)")
             lab = read_label_map(label_path, vol)
             lab.array = self.label_mapper(lab.array, lab.path).astype(np.float32)
             label = to_canonical(lab, self.spacing_mm, "nearest")

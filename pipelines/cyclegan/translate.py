@@ -22,7 +22,7 @@ from medgan.checkpoint import CONFIG, WEIGHTS, load_networks, read_meta, resolve
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, to_input_grid
 from medgan.inference import sliding_window
-from medgan.io import Volume, VolumeError, sha256_of
+from medgan.io import Grid, Volume, VolumeError, sha256_of
 from medgan.utils import resolve_device
 from pipelines.cyclegan.config import CycleGANConfig
 from pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
@@ -64,6 +64,7 @@ class Translator:
         self.scaling = {
             name: IntensityScaling(v["lower"], v["upper"]) for name, v in self.meta["normalization"].items()
         }
+        self._sw_auto: dict[int, int] = {}
         self._pre = {d.name: domain_preprocessor(self.config, d) for d in (self.config.domain_a, self.config.domain_b)}
 
     @property
@@ -83,9 +84,27 @@ class Translator:
     def preprocessor(self, domain: str) -> DomainPreprocessor:
         return self._pre[domain]
 
+    def _sw_batch_size(self, net: torch.nn.Module) -> int:
+        """The configured sliding-window batch on CPU; on CUDA as many windows as half the free
+        memory holds, measured once per network with one window."""
+        inf = self.config.inference
+        if self.device.type != "cuda":
+            return inf.sw_batch_size
+        key = id(net)
+        if key not in self._sw_auto:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+                net(torch.zeros(1, 1, *self.config.roi_size, device=self.device))
+            per_window = max(1, torch.cuda.max_memory_allocated(self.device) - base)
+            self._sw_auto[key] = int(max(1, min(256, 0.5 * free // per_window)))
+            logger.info("sliding-window batch on %s: %d windows", self.device, self._sw_auto[key])
+        return self._sw_auto[key]
+
     def _window(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         inf = self.config.inference
-        return sliding_window(net, x, self.config.roi_size, inf.overlap, inf.sw_batch_size, inf.blend, device=self.device)
+        return sliding_window(net, x, self.config.roi_size, inf.overlap, self._sw_batch_size(net), inf.blend, device=self.device)
 
     def translate_tensor(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         """``x (B, 1, D, H, W)`` in [-1, 1] (source scaling, training spacing) -> ``(B, 1, D, H, W)``
@@ -103,7 +122,7 @@ class Translator:
         """Translate one volume; the result is on ``volume``'s grid (shape and affine)."""
         task = self.task(direction, segment)
         prepared = task.prepare(volume)
-        arrays = task.finish(volume, prepared, task.run(prepared))
+        arrays = task.finish(volume.grid, prepared, task.run(prepared))
         return Translated(image=arrays[""][0], affine=volume.affine, labels=arrays["_seg"][0] if "_seg" in arrays else None)
 
     def segment_volume(self, volume: Volume, domain: str) -> np.ndarray:
@@ -150,12 +169,12 @@ class CycleGANTask:
         seg = self.tr.segment_tensor(y, self.tgt) if self.segment else None
         return y[0], (seg[0] if seg is not None else None)
 
-    def finish(self, volume: Volume, image, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
+    def finish(self, grid: Grid, image, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
         y, seg = result
         out = {"": (self.tr.scaling[self.tgt].inverse(
-            to_input_grid(y, image.affine, volume.affine, volume.array.shape, "bilinear")[0]).astype(np.float32), np.float32)}
+            to_input_grid(y, image.affine, grid.affine, grid.shape, "bilinear")[0]).astype(np.float32), np.float32)}
         if seg is not None:
-            lab = to_input_grid(seg[None].float(), image.affine, volume.affine, volume.array.shape, "nearest")[0]
+            lab = to_input_grid(seg[None].float(), image.affine, grid.affine, grid.shape, "nearest")[0]
             out["_seg"] = (lab.round().astype(np.uint8), np.uint8)
         return out
 
