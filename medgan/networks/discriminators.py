@@ -28,3 +28,26 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)[-1]
+
+
+class FeatureDiscriminator(nn.Module):
+    """Domain discriminator on encoder feature maps (ADDA, Tzeng et al. 2017; the paper's
+    3-layer MLP on a global feature becomes convolutions for dense features): two 3^3
+    convolutions with LeakyReLU 0.2, then a 1^3 convolution to per-position logits.
+
+    Forward: ``(B, in_channels, *spatial)`` -> ``(B, 1, *spatial)`` logits.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, channels: int = 64) -> None:
+        super().__init__()
+        from monai.networks.layers.factories import Conv
+
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.net = nn.Sequential(
+            conv(in_channels, channels, 3, padding=1), nn.LeakyReLU(0.2, True),
+            conv(channels, channels, 3, padding=1), nn.LeakyReLU(0.2, True),
+            conv(channels, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

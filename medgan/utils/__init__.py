@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -71,3 +73,41 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     return dev
+
+
+class LossLog:
+    """``losses.csv``: one row per iteration; on resume, rows after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        self.path, self.rows, self.fields = path, [], None
+        if path.is_file() and start > 0:
+            with path.open() as f:
+                reader = csv.DictReader(f)
+                self.fields = reader.fieldnames
+                self.rows = [r for r in reader if int(r["iteration"]) <= start]
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        with self.path.open("w", newline="") as f:
+            if self.fields:
+                w = csv.DictWriter(f, self.fields, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(self.rows)
+
+    def write(self, it: int, logs: dict[str, float]) -> None:
+        row = {"iteration": it, **{k: f"{v:.6g}" for k, v in logs.items()}}
+        if self.fields is None or any(k not in self.fields for k in row):
+            self.fields = list(dict.fromkeys([*(self.fields or []), *row]))
+            self._rewrite()
+        self.rows.append(row)
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
+
+    def close(self) -> None:
+        pass
+
+
+def read_losses(run_dir: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's ``losses.csv`` as floats (empty fields omitted)."""
+    with (Path(run_dir) / "losses.csv").open() as f:
+        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]

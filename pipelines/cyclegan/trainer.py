@@ -20,7 +20,6 @@ independently (unpaired). Mixed precision (bfloat16 autocast) on CUDA.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import random
@@ -37,23 +36,18 @@ from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import DomainPreprocessor, PatchDataset
 from medgan.keys import Keys
 from medgan.losses import AdversarialLoss, MaskedDiceCELoss
-from medgan.utils import ImagePool, resolve_device, seed_everything, set_requires_grad
+from medgan.utils import ImagePool, LossLog, read_losses, resolve_device, seed_everything, set_requires_grad
 from medgan.viz import save_orthogonal_slices
 from pipelines.cyclegan.config import CycleGANConfig, DomainConfig
 from pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
+from pipelines.data_config import domain_preprocessor as _domain_preprocessor
 
 logger = logging.getLogger(__name__)
 
 
 def domain_preprocessor(config: CycleGANConfig, domain: DomainConfig) -> DomainPreprocessor:
-    """The preprocessing of one domain as configured (spacing, intensity, label mapping)."""
-    return DomainPreprocessor(
-        spacing_mm=config.train.spacing_mm,
-        scaling_kind=domain.intensity.kind,
-        window=domain.intensity.window,
-        percentiles=domain.intensity.percentiles,
-        label_mapper=domain.labels.mapper(config.classes) if (domain.labels and config.classes) else None,
-    )
+    """The preprocessing of one domain of this pipeline."""
+    return _domain_preprocessor(domain, config.train.spacing_mm, config.classes)
 
 
 def linear_decay(n_iters: int, decay_start: int):  # noqa: ANN201
@@ -288,7 +282,7 @@ class CycleGANTrainer:
         end = int(n_iters or self.cfg.optim.n_iters)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(dump_config(self.cfg))
-        log = _LossLog(self.out / "losses.csv", self.iteration)
+        log = LossLog(self.out / "losses.csv", self.iteration)
         writer = _tensorboard(self.out)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -343,50 +337,12 @@ class CycleGANTrainer:
         return save_orthogonal_slices(path, rows, self.cfg.train.spacing_mm)
 
 
-class _LossLog:
-    """``losses.csv``: one row per iteration; on resume, rows after the checkpoint are dropped."""
-
-    def __init__(self, path: Path, start: int) -> None:
-        self.path, self.rows, self.fields = path, [], None
-        if path.is_file() and start > 0:
-            with path.open() as f:
-                reader = csv.DictReader(f)
-                self.fields = reader.fieldnames
-                self.rows = [r for r in reader if int(r["iteration"]) <= start]
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        with self.path.open("w", newline="") as f:
-            if self.fields:
-                w = csv.DictWriter(f, self.fields, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(self.rows)
-
-    def write(self, it: int, logs: dict[str, float]) -> None:
-        row = {"iteration": it, **{k: f"{v:.6g}" for k, v in logs.items()}}
-        if self.fields is None or any(k not in self.fields for k in row):
-            self.fields = list(dict.fromkeys([*(self.fields or []), *row]))
-            self._rewrite()
-        self.rows.append(row)
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
-
-    def close(self) -> None:
-        pass
-
-
 def _tensorboard(out: Path):  # noqa: ANN202
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
     return SummaryWriter(str(out / "tensorboard"))
-
-
-def read_losses(run_dir: str | Path) -> list[dict[str, float]]:
-    """The rows of a run's ``losses.csv`` as floats (empty fields omitted)."""
-    with (Path(run_dir) / "losses.csv").open() as f:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
 
 
 def train(config: CycleGANConfig, resume: str | Path | None = None, progress: bool = True) -> Path:

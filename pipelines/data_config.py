@@ -1,0 +1,92 @@
+"""Config pieces shared by every pipeline: a domain's intensities, labels and data source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from medgan.data.datalist import datalist_from_folder, datalist_from_msd
+from medgan.data.labels import LabelMapper
+from medgan.data.transforms import DomainPreprocessor
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IntensityConfig(_Strict):
+    """``window``: fixed range in the modality's units (HU for CT); ``percentile``: per-volume
+    percentiles (in %) of arbitrary-unit MR."""
+
+    kind: Literal["window", "percentile"] = "window"
+    window: tuple[float, float] = (-1024.0, 2000.0)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+
+class LabelConfig(_Strict):
+    """How this domain's label maps encode the shared ``classes``: explicit ``ids`` per class, or
+    a class-map JSON (``classmap``) with a label ``space`` and optional ``groups`` table."""
+
+    ids: dict[str, list[int]] | None = None
+    classmap: Path | None = None
+    space: str | None = None
+    groups: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LabelConfig:
+        if (self.ids is None) == (self.classmap is None):
+            raise ValueError("give exactly one of labels.ids or labels.classmap (+ labels.space)")
+        if self.classmap is not None and self.space is None:
+            raise ValueError("labels.classmap needs labels.space (e.g. 'total' or 'total_mr')")
+        return self
+
+    def mapper(self, classes: list[str]) -> LabelMapper:
+        if self.ids is not None:
+            return LabelMapper(classes, self.ids, {i for ids in self.ids.values() for i in ids})
+        return LabelMapper.from_classmap(classes, self.classmap, self.space, self.groups)  # type: ignore[arg-type]
+
+
+class DataSource(_Strict):
+    """Exactly one of ``folder`` (+ ``label_suffix``/``labels_folder``), ``msd`` (dataset.json,
+    + ``section``/``include`` glob) or ``files`` (``[{image, label}]``)."""
+
+    folder: Path | None = None
+    label_suffix: str = "_labels"
+    labels_folder: Path | None = None
+    msd: Path | None = None
+    section: str = "training"
+    include: str | None = None
+    files: list[dict[str, str | None]] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if sum(x is not None for x in (self.folder, self.msd, self.files)) != 1:
+            raise ValueError("give exactly one of data.folder, data.msd or data.files")
+        return self
+
+    def datalist(self) -> list[dict[str, str | None]]:
+        if self.folder is not None:
+            return datalist_from_folder(self.folder, self.label_suffix, self.labels_folder)
+        if self.msd is not None:
+            return datalist_from_msd(self.msd, self.section, self.include)
+        return [{"image": f["image"], "label": f.get("label")} for f in self.files or []]
+
+
+class DomainConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$", description="short modality name used in network names, e.g. CT")
+    intensity: IntensityConfig = IntensityConfig()
+    labels: LabelConfig | None = None
+    data: DataSource
+
+
+def domain_preprocessor(domain: DomainConfig, spacing_mm: tuple[float, float, float], classes: list[str]) -> DomainPreprocessor:
+    """The preprocessing of one domain as configured (spacing, intensity, label mapping)."""
+    return DomainPreprocessor(
+        spacing_mm=spacing_mm,
+        scaling_kind=domain.intensity.kind,
+        window=domain.intensity.window,
+        percentiles=domain.intensity.percentiles,
+        label_mapper=domain.labels.mapper(classes) if (domain.labels and classes) else None,
+    )
