@@ -131,10 +131,11 @@ class DomainPreprocessor:
         img = to_canonical(volume, self.spacing_mm, "bilinear")
         return scaling.forward(img), scaling
 
-    def training_volume(self, entry: dict, patch_size: Sequence[int]) -> tuple[dict, IntensityScaling]:
+    def training_volume(self, entry: dict, patch_size: Sequence[int], exclude_inferior: float = 0.0) -> tuple[dict, IntensityScaling]:
         """A datalist entry -> dict with ``image (1, D, H, W)``, ``label (1, D, H, W)`` class
         indices (zeros when unlabelled), ``has_label`` and foreground/background indices, padded
-        to at least ``patch_size`` (image with -1, label with 0)."""
+        to at least ``patch_size`` (image with -1, label with 0). ``exclude_inferior`` drops that
+        fraction of axial slices from the inferior end (a held-out slab) before padding."""
         vol = read_volume(entry[Keys.IMAGE.value])
         image, scaling = self.image(vol)
         # without a label mapping (no classes configured) labels are not used: unsupervised CycleGAN
@@ -145,6 +146,9 @@ class DomainPreprocessor:
             label = to_canonical(lab, self.spacing_mm, "nearest")
         else:
             label = torch.zeros_like(image)
+        if exclude_inferior > 0:
+            k = held_out_slices(image.shape[-1], exclude_inferior)
+            image, label = image[..., k:], label[..., k:]
         image = SpatialPad(spatial_size=patch_size, value=-1.0)(image)
         label = SpatialPad(spatial_size=patch_size, value=0.0)(label)
         item = {
@@ -155,6 +159,11 @@ class DomainPreprocessor:
         if label_path:
             item = FgBgToIndicesd(keys=Keys.LABEL.value)(item)
         return item, scaling
+
+
+def held_out_slices(n_slices: int, fraction: float) -> int:
+    """Number of inferior axial slices in a held-out slab of ``fraction`` (at least 1 when > 0)."""
+    return max(1, int(round(n_slices * fraction))) if fraction > 0 else 0
 
 
 class PatchDataset(torch.utils.data.Dataset):

@@ -260,3 +260,78 @@ class AdversarialAutoencoder(nn.Module):
 
     def sample_prior(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.randn(n, self.latent_dim, device=device)
+
+
+class SpatialCVAE(nn.Module):
+    """Fully convolutional conditional VAE on label maps (Sohn et al. 2015) for volumes of any size.
+
+    The latent is a map ``z (B, latent_channels, D/f, H/f, W/f)`` with ``f = 2**len(channels)``, so
+    a model trained on patches decodes whole volumes; the one-hot label map ``c`` enters the
+    encoder q(z|x, c), the learned prior p(z|c) (``prior="learned"``) and every decoder stage
+    p(x|z, c). Forward: ``x (B, in_channels, D, H, W)`` in [-1, 1], ``c (B, 1, D, H, W)`` class
+    indices (each size divisible by ``f``) -> :class:`VAEOutput` with map-shaped ``mu``/``logvar``.
+    """
+
+    def __init__(self, spatial_dims: int = 3, in_channels: int = 1, num_classes: int = 2, latent_channels: int = 8,
+                 channels: Sequence[int] = (16, 32, 64), prior: Literal["fixed", "learned"] = "learned") -> None:
+        super().__init__()
+        self.num_classes, self.latent_channels, self.prior, self.factor = num_classes, latent_channels, prior, 2 ** len(channels)
+        conv = Conv[Conv.CONV, spatial_dims]
+
+        def down(cin: int) -> nn.Sequential:
+            layers, c = [], cin
+            for ch in channels:
+                layers.append(_block(spatial_dims, c, ch, 2))
+                c = ch
+            layers.append(conv(c, 2 * latent_channels, 3, padding=1))
+            return nn.Sequential(*layers)
+
+        self.encoder = down(in_channels + num_classes)
+        if prior == "learned":
+            self.prior_net = down(num_classes)
+        rev = [*channels[::-1], channels[0]]
+        self.inp = _block(spatial_dims, latent_channels + num_classes, rev[0], 1)
+        self.stages = nn.ModuleList(_block(spatial_dims, cin + num_classes, cout, 1) for cin, cout in zip(rev[:-1], rev[1:]))
+        self.out = conv(rev[-1] + num_classes, in_channels, 3, padding=1)
+
+    def onehot(self, c: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(c[:, 0].long().clamp(0, self.num_classes - 1), self.num_classes).movedim(-1, 1).float()
+
+    def _check(self, t: torch.Tensor) -> None:
+        if any(s % self.factor for s in t.shape[2:]):
+            raise ValueError(f"spatial size {tuple(t.shape[2:])} must be divisible by {self.factor}")
+
+    def prior_params(self, c1h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.prior != "learned":
+            return None, None
+        mu, logvar = self.prior_net(c1h).chunk(2, 1)
+        return mu, logvar.clamp(-20, 10)
+
+    def decode(self, z: torch.Tensor, c1h: torch.Tensor) -> torch.Tensor:
+        def cat(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, F.interpolate(c1h, size=t.shape[2:], mode="nearest")], 1)
+
+        x = self.inp(cat(z))
+        for stage in self.stages:
+            x = stage(cat(F.interpolate(x, scale_factor=2, mode="nearest")))
+        return torch.tanh(self.out(cat(x)))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> VAEOutput:
+        self._check(x)
+        c1h = self.onehot(c)
+        mu, logvar = self.encoder(torch.cat([x, c1h], 1)).chunk(2, 1)
+        logvar = logvar.clamp(-20, 10)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        pm, plv = self.prior_params(c1h)
+        return VAEOutput(self.decode(z, c1h), mu, logvar, z, pm, plv)
+
+    @torch.no_grad()
+    def sample(self, c: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Images ``(B, in_channels, D, H, W)`` for label maps ``c (B, 1, D, H, W)`` from the prior."""
+        self._check(c)
+        c1h = self.onehot(c)
+        shape = (c.shape[0], self.latent_channels, *[s // self.factor for s in c.shape[2:]])
+        eps = torch.randn(shape, generator=generator, device=torch.device("cpu")).to(c.device) * temperature
+        pm, plv = self.prior_params(c1h)
+        z = eps if pm is None else pm + eps * (0.5 * plv).exp()
+        return self.decode(z, c1h)
