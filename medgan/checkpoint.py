@@ -111,3 +111,20 @@ def load_training_state(folder: Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path}: refused or unreadable training state ({err})") from err
+
+
+def open_checkpoint(path: str | Path, pipeline: str, schema: type):  # noqa: ANN201
+    """``(folder, meta, config)`` of a checkpoint of ``pipeline``; ``config`` validated by ``schema``.
+
+    Raises:
+        CheckpointError: not a checkpoint, another pipeline's, or an unreadable config.
+    """
+    import yaml
+
+    folder = resolve_checkpoint(path)
+    meta = read_meta(folder, pipeline)
+    try:
+        config = schema.model_validate(yaml.safe_load((folder / CONFIG).read_text()))
+    except Exception as err:  # noqa: BLE001 - yaml or pydantic errors
+        raise CheckpointError(f"{folder / CONFIG}: unreadable or invalid config ({err})") from err
+    return folder, meta, config

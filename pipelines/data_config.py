@@ -81,6 +81,31 @@ class DomainConfig(_Strict):
     data: DataSource
 
 
+class TrainBase(_Strict):
+    """Training settings every pipeline has; each pipeline's train section extends it and may
+    change a default (its own ``output_dir``, ...)."""
+
+    seed: int = 0
+    batch_size: int = Field(1, ge=1)
+    patch_size: tuple[int, int, int] = Field((64, 64, 32), description="voxels, D x H x W in RAS order")
+    spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    crop_pos: float = Field(2.0, ge=0, description="weight of patches centred on labelled anatomy")
+    crop_neg: float = Field(1.0, ge=0)
+    device: str = "auto"
+    output_dir: Path = Path("runs/medgan")
+    log_every: int = Field(20, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+
+
+class InferenceConfig(_Strict):
+    """Sliding-window inference (MONAI ``SlidingWindowInferer``)."""
+
+    roi_size: tuple[int, int, int] | None = Field(None, description="window size in voxels; default: the training patch size")
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(2, ge=1)
+    blend: Literal["gaussian", "constant"] = "gaussian"
+
+
 def domain_preprocessor(domain: DomainConfig, spacing_mm: tuple[float, float, float], classes: list[str]) -> DomainPreprocessor:
     """The preprocessing of one domain as configured (spacing, intensity, label mapping)."""
     return DomainPreprocessor(

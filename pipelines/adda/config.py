@@ -17,8 +17,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medgan.losses.adversarial import GANMode
-from pipelines.cyclegan.config import InferenceConfig
-from pipelines.data_config import DomainConfig, _Strict
+from pipelines.data_config import DomainConfig, InferenceConfig, TrainBase, _Strict
 
 
 class AddaNetworkConfig(_Strict):
@@ -47,16 +46,8 @@ class AddaOptimConfig(_Strict):
     n_oracle_iters: int = Field(500, ge=0, description="supervised upper bound on target labels; 0 skips it")
 
 
-class AddaTrainConfig(_Strict):
-    seed: int = 0
-    batch_size: int = Field(1, ge=1)
-    patch_size: tuple[int, int, int] = (64, 64, 32)
-    spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
-    crop_pos: float = Field(2.0, ge=0)
-    crop_neg: float = Field(1.0, ge=0)
-    device: str = "auto"
+class AddaTrainConfig(TrainBase):
     output_dir: Path = Path("runs/adda")
-    log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(250, ge=1)
 
 

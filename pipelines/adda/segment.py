@@ -10,10 +10,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 
 from medgan.batch import BatchReport, dist_env, plan_jobs, run_batch
-from medgan.checkpoint import CONFIG, WEIGHTS, load_networks, read_meta, resolve_checkpoint
+from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.transforms import to_input_grid
 from medgan.inference import sliding_window
 from medgan.io import Grid, Volume, read_label_map, read_volume, sha256_of
@@ -32,9 +31,7 @@ class AddaSegmenter:
     ``"source"`` (E_src + H, for source scans or the no-adaptation baseline) or ``"oracle"``."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
-        self.folder = resolve_checkpoint(checkpoint)
-        self.meta = read_meta(self.folder, PIPELINE)
-        self.config = AddaConfig.model_validate(yaml.safe_load((self.folder / CONFIG).read_text()))
+        self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, AddaConfig)
         self.device = resolve_device(device)
         self.nets = build_adda_networks(self.config)
         load_networks(self.folder, dict(self.nets.items()))

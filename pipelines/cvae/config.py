@@ -7,8 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.cyclegan.config import InferenceConfig
-from pipelines.data_config import DomainConfig, _Strict
+from pipelines.data_config import DomainConfig, InferenceConfig, TrainBase, _Strict
 
 
 class CVAENetworkConfig(_Strict):
@@ -35,15 +34,10 @@ class CVAEOptimConfig(_Strict):
     n_iters: int = Field(600, ge=1)
 
 
-class CVAETrainConfig(_Strict):
-    seed: int = 0
+class CVAETrainConfig(TrainBase):
     batch_size: int = Field(2, ge=1)
-    patch_size: tuple[int, int, int] = Field((64, 64, 16), description="each divisible by 8")
-    spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    patch_size: tuple[int, int, int] = Field((64, 64, 16), description="voxels, each divisible by 8")
     holdout_fraction: float = Field(0.0, ge=0, lt=1, description="inferior fraction of axial slices kept out of every training step")
-    crop_pos: float = Field(2.0, ge=0)
-    crop_neg: float = Field(1.0, ge=0)
-    device: str = "auto"
     output_dir: Path = Path("runs/cvae")
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(300, ge=1)

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from monai.data import MetaTensor
 from monai.transforms import Rand3DElastic, RandAffine, SpatialPad
 
-from medgan.checkpoint import CONFIG, load_networks, read_meta, resolve_checkpoint
+from medgan.checkpoint import load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import to_canonical, to_input_grid
 from medgan.io import Volume, read_label_map, strip_image_suffix, write_nifti
@@ -47,9 +46,7 @@ class CVAESampler:
     """A trained CVAE checkpoint, loaded once."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
-        self.folder = resolve_checkpoint(checkpoint)
-        self.meta = read_meta(self.folder, PIPELINE)
-        self.config = CVAEConfig.model_validate(yaml.safe_load((self.folder / CONFIG).read_text()))
+        self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, CVAEConfig)
         self.device = resolve_device(device)
         self.model = build_cvae(self.config)
         load_networks(self.folder, {"CVAE": self.model})

@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medgan.losses.adversarial import GANMode
-from pipelines.data_config import DataSource, DomainConfig, IntensityConfig, LabelConfig, _Strict
+from pipelines.data_config import DataSource, DomainConfig, InferenceConfig, IntensityConfig, LabelConfig, TrainBase, _Strict
 
-__all__ = ["CycleGANConfig", "DataSource", "DomainConfig", "IntensityConfig", "LabelConfig"]
+__all__ = ["CycleGANConfig", "DataSource", "DomainConfig", "InferenceConfig", "IntensityConfig", "LabelConfig"]
 
 
 class NetworkConfig(_Strict):
@@ -44,28 +44,13 @@ class OptimConfig(_Strict):
     decay_start: int | None = Field(None, ge=0, description="iteration where the linear decay to 0 begins; default n_iters // 2")
 
 
-class TrainConfig(_Strict):
-    seed: int = 0
-    batch_size: int = Field(1, ge=1)
-    patch_size: tuple[int, int, int] = Field((64, 64, 32), description="voxels, D x H x W in RAS order")
-    spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
-    pool_size: int = Field(50, ge=0)
-    crop_pos: float = Field(2.0, ge=0, description="weight of patches centred on labelled anatomy")
-    crop_neg: float = Field(1.0, ge=0)
-    num_workers: int = Field(0, ge=0)
-    device: str = "auto"
-    amp: bool = Field(True, description="bfloat16 autocast on CUDA; ignored on CPU")
+class TrainConfig(TrainBase):
     output_dir: Path = Path("runs/cyclegan")
     log_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
+    pool_size: int = Field(50, ge=0)
+    num_workers: int = Field(0, ge=0)
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA; ignored on CPU")
     png_every: int = Field(250, ge=1)
-
-
-class InferenceConfig(_Strict):
-    roi_size: tuple[int, int, int] | None = Field(None, description="sliding-window size in voxels; default: the patch size")
-    overlap: float = Field(0.5, ge=0, lt=1)
-    sw_batch_size: int = Field(2, ge=1)
-    blend: Literal["gaussian", "constant"] = "gaussian"
 
 
 class CycleGANConfig(_Strict):

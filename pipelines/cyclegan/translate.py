@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from medgan.batch import BatchReport, dist_env, plan_jobs, run_batch
-from medgan.checkpoint import CONFIG, WEIGHTS, load_networks, read_meta, resolve_checkpoint
+from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, to_input_grid
 from medgan.inference import sliding_window
@@ -53,9 +52,7 @@ class Translator:
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
-        self.folder = resolve_checkpoint(checkpoint)
-        self.meta = read_meta(self.folder, PIPELINE)
-        self.config = CycleGANConfig.model_validate(yaml.safe_load((self.folder / CONFIG).read_text()))
+        self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, CycleGANConfig)
         self.names = NetNames.of(self.config)
         self.device = resolve_device(device)
         self.nets = build_networks(self.config)
