@@ -89,17 +89,27 @@ def translate(
 
 
 def _print_report(report: dict) -> None:
+    """One row per class: Dice, translated and reference means, absolute differences."""
     from rich.table import Table
 
-    from pipelines.cyclegan.evaluate import report_rows
+    def f(v: float | None, fmt: str = ".1f") -> str:
+        return "" if v is None else ("n/a" if isinstance(v, float) and math.isnan(v) else format(v, fmt))
 
+    dice, inten = report.get("dice", {}), report.get("intensity", {})
     table = Table(title=f"{report['direction']}: {report['translated']}")
-    for col in ("metric", "class", "value"):
-        table.add_column(col)
-    for r in report_rows(report):
-        v = r["value"]
-        table.add_row(r["metric"], r["class"], "n/a" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}")
+    table.add_column("class", no_wrap=True)
+    for col in ("Dice", "mean", "ref mean", "|d mean|", "|d median|"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for c in dict.fromkeys([*dice, *inten]):
+        i = inten.get(c, {})
+        table.add_row(c, f(dice.get(c), ".3f"), f(i.get("translated_mean")), f(i.get("reference_mean")),
+                      f(i.get("abs_diff_mean")), f(i.get("abs_diff_median")))
+    if "dice_mean" in report:
+        table.add_row("mean", f(report["dice_mean"], ".3f"), "", "", "", "")
     out.print(table)
+    if "paired" in report:
+        p = report["paired"]
+        out.print(f"paired: MAE {p['mae_hu']:.1f} HU (body), PSNR {p['psnr_db']:.2f} dB, SSIM {p['ssim']:.3f}")
 
 
 @app.command()
