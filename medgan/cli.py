@@ -14,7 +14,7 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Medical-image domain translation (CT <-> MR) on MONAI.")
 console = Console(stderr=True, soft_wrap=True)  # soft_wrap: paths in messages stay whole
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)  # pipes and logs get whole tables
 
 
 @app.callback()
