@@ -41,9 +41,15 @@ def to_canonical(volume: Volume, spacing_mm: Sequence[float], mode: str = "bilin
 
     ``mode`` is ``"bilinear"`` for images and ``"nearest"`` for label maps.
     """
+    arr, aff = volume.array, np.asarray(volume.affine, dtype=np.float64)
+    if arr.flags["F_CONTIGUOUS"] and not arr.flags["C_CONTIGUOUS"]:
+        # nibabel returns Fortran-ordered arrays: list the same voxels in memory order (reversed
+        # axes, affine columns reversed to match) instead of copying (1.7 s for a 512x512x275 CT);
+        # Orientation("RAS") below brings the axes to the same frame either way.
+        arr, aff = arr.T, aff[:, [2, 1, 0, 3]]
     img = MetaTensor(
-        torch.from_numpy(np.ascontiguousarray(volume.array))[None],
-        affine=torch.as_tensor(volume.affine, dtype=torch.float64),
+        torch.from_numpy(np.ascontiguousarray(arr))[None],
+        affine=torch.as_tensor(aff, dtype=torch.float64),
         meta={"filename_or_obj": volume.path},
     )
     img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)

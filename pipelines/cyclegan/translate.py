@@ -168,8 +168,10 @@ class CycleGANTask:
 
     def finish(self, grid: Grid, image, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
         y, seg = result
-        out = {"": (self.tr.scaling[self.tgt].inverse(
-            to_input_grid(y, image.affine, grid.affine, grid.shape, "bilinear")[0]).astype(np.float32), np.float32)}
+        # the intensity map is affine and linear interpolation commutes with it: invert on the
+        # small canonical tensor, then resample once onto the (large) input grid
+        units = self.tr.scaling[self.tgt].inverse(y.float())
+        out = {"": (to_input_grid(units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)}
         if seg is not None:
             lab = to_input_grid(seg[None].float(), image.affine, grid.affine, grid.shape, "nearest")[0]
             out["_seg"] = (lab.round().astype(np.uint8), np.uint8)

@@ -91,3 +91,14 @@ def test_separable_resampling_matches_monai_spatial_resample(codes, spacing, mod
         tie |= is_tie.reshape([-1 if d == a else 1 for d in range(3)])
     differ = ours[0] != ref.numpy()[0]
     assert not (differ & ~tie).any()
+
+
+@pytest.mark.parametrize("codes", ["LPS", "PIR"])
+def test_fortran_ordered_arrays_give_the_same_canonical_volume(codes):
+    """nibabel hands out Fortran-ordered arrays; to_canonical avoids copying them."""
+    c = _smooth((21, 17, 13))
+    aff = axcodes_affine(codes, spacing=(1.5, 2.0, 2.5))
+    a = to_canonical(Volume(c, aff, "c"), (2.0, 2.0, 2.0))
+    b = to_canonical(Volume(np.asfortranarray(c), aff, "f"), (2.0, 2.0, 2.0))
+    np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy())
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
