@@ -124,3 +124,29 @@ def test_tiny_end_to_end_on_real_abdomen(tmp_path):
     assert len(rep.written) == 2 and list(rep.failed) == [str(tmp_path / "missing.nii.gz")]
     out, src = nib.load(str(tmp_path / "seg/ts-mr-01_adda_seg.nii.gz")), nib.load(str(mr))
     assert out.shape == src.shape and np.allclose(out.affine, src.affine, atol=1e-5)
+
+
+def test_msd_dataset_with_ct_and_mr_in_one_list(tmp_path):
+    """AMOS-style: one MSD dataset.json lists CT and MR cases; `include` picks each domain."""
+    import json
+    import shutil
+
+    root = tmp_path / "amos"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    entries = []
+    for i, (mod, n) in enumerate([("ct", "01"), ("ct", "02"), ("mr", "01"), ("mr", "02")]):
+        case = f"amos_{'0' if mod == 'ct' else '5'}{i:03d}"
+        shutil.copy(PHANTOM / f"{mod}/phantom-{mod}-{n}.nii.gz", root / "imagesTr" / f"{case}.nii.gz")
+        lab = PHANTOM / f"{mod}/phantom-{mod}-{n}_labels.nii.gz"
+        if lab.is_file():
+            shutil.copy(lab, root / "labelsTr" / f"{case}.nii.gz")
+            entries.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+        else:
+            entries.append({"image": f"./imagesTr/{case}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"training": entries}))
+    cfg = phantom_config(tmp_path, f"source.data={{msd: {root / 'dataset.json'}, include: '*amos_0*'}}",
+                         f"target.data={{msd: {root / 'dataset.json'}, include: '*amos_5*'}}")
+    tr = AddaTrainer(cfg, progress=False)
+    assert len(tr.datasets["CT"].volumes) == 2 and len(tr.datasets["MR"].volumes) == 2
+    assert tr.fit().name == "iter_000006"
