@@ -11,7 +11,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from medgan.batch import Manifest, plan_jobs
 from medgan.io import read_volume

@@ -65,6 +65,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """Python, NumPy, torch and CUDA random states as tensors and plain values (loadable with
+    ``torch.load(weights_only=True)``), for checkpoints."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": repr(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved (keys absent from older checkpoints are skipped)."""
+    import ast
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(ast.literal_eval(state["python"]))
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise the named device."""
     if device == "auto":

@@ -12,7 +12,6 @@ gain. Add 0 and 1 to align every skip connection.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from medgan.keys import Keys
 from medgan.losses import AdversarialLoss, MaskedDiceCELoss
 from medgan.networks.discriminators import FeatureDiscriminator
 from medgan.networks.segmenters import build_split_segmenter
-from medgan.utils import LossLog, resolve_device, seed_everything, set_requires_grad
+from medgan.utils import LossLog, resolve_device, rng_state, seed_everything, set_requires_grad, set_rng_state
 from pipelines.adda.config import AddaConfig
 from pipelines.data_config import domain_preprocessor
 
@@ -106,21 +105,18 @@ class AddaTrainer:
 
     def save(self) -> Path:
         state = {"iteration": self.iteration, "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                 "rng": {"torch": torch.get_rng_state(), "python": repr(random.getstate())}}
+                 "rng": rng_state()}
         folder = self.out / "checkpoints" / f"iter_{self.iteration:06d}"
         return save_checkpoint(folder, dict(self.nets.items()), self.meta(), dump_config(self.cfg), state)
 
     def load(self, checkpoint: str | Path) -> None:
-        import ast
-
         folder = resolve_checkpoint(checkpoint)
         read_meta(folder, PIPELINE)
         load_networks(folder, dict(self.nets.items()))
         state = load_training_state(folder)
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(ast.literal_eval(state["rng"]["python"]))
+        set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
         logger.info("resumed from %s at iteration %d (%s stage)", folder, self.iteration, self.stage(self.iteration + 1))
 

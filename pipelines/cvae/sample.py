@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.transforms import Rand3DElastic, RandAffine, SpatialPad
 
 from medgan.checkpoint import load_networks, open_checkpoint

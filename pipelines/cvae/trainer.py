@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import PatchDataset
 from medgan.keys import Keys
 from medgan.networks.vae import SpatialCVAE, vae_loss
-from medgan.utils import LossLog, resolve_device, seed_everything
+from medgan.utils import LossLog, resolve_device, rng_state, seed_everything, set_rng_state
 from pipelines.cvae.config import CVAEConfig
 from pipelines.data_config import domain_preprocessor
 
@@ -68,20 +67,17 @@ class CVAETrainer:
 
     def save(self) -> Path:
         state = {"iteration": self.iteration, "optimizers": {"cvae": self.opt.state_dict()},
-                 "rng": {"torch": torch.get_rng_state(), "python": repr(random.getstate())}}
+                 "rng": rng_state()}
         return save_checkpoint(self.out / "checkpoints" / f"iter_{self.iteration:06d}", {"CVAE": self.model}, self.meta(),
                                dump_config(self.cfg), state)
 
     def load(self, checkpoint: str | Path) -> None:
-        import ast
-
         folder = resolve_checkpoint(checkpoint)
         read_meta(folder, PIPELINE)
         load_networks(folder, {"CVAE": self.model})
         state = load_training_state(folder)
         self.opt.load_state_dict(state["optimizers"]["cvae"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(ast.literal_eval(state["rng"]["python"]))
+        set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
 
     def beta(self, it: int) -> float:

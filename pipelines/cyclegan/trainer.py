@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import DomainPreprocessor, PatchDataset
 from medgan.keys import Keys
 from medgan.losses import AdversarialLoss, MaskedDiceCELoss
-from medgan.utils import ImagePool, LossLog, read_losses, resolve_device, seed_everything, set_requires_grad
+from medgan.utils import ImagePool, LossLog, read_losses, resolve_device, rng_state, seed_everything, set_requires_grad, set_rng_state
 from medgan.viz import save_orthogonal_slices
 from pipelines.cyclegan.config import CycleGANConfig, DomainConfig
 from pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
@@ -135,18 +134,12 @@ class CycleGANTrainer:
         }
 
     def training_state(self) -> dict:
-        np_state = np.random.get_state()
         return {
             "iteration": self.iteration,
             "optimizers": {g: o.state_dict() for g, o in self.optimizers.items()},
             "schedulers": {g: s.state_dict() for g, s in self.schedulers.items()},
             "pools": {d: p.state_dict() for d, p in self.pools.items()},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": [torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-                "python": repr(random.getstate()),
-            },
+            "rng": rng_state(),
         }
 
     def save(self) -> Path:
@@ -158,8 +151,6 @@ class CycleGANTrainer:
 
     def load(self, checkpoint: str | Path) -> None:
         """Restore everything from a checkpoint so training continues exactly."""
-        import ast
-
         folder = resolve_checkpoint(checkpoint)
         read_meta(folder, PIPELINE)
         load_networks(folder, dict(self.nets.items()))
@@ -170,13 +161,7 @@ class CycleGANTrainer:
             s.load_state_dict(state["schedulers"][g])
         for d, p in self.pools.items():
             p.load_state_dict(state["pools"][d], self.device)
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        random.setstate(ast.literal_eval(rng["python"]))
+        set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
         logger.info("resumed from %s at iteration %d", folder, self.iteration)
 
