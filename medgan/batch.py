@@ -144,6 +144,16 @@ def dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def rank_device(device: str = "auto") -> str:
+    """The device of this rank: under torchrun with CUDA, ``"auto"`` means one GPU per local rank."""
+    _, world, local_rank = dist_env()
+    import torch
+
+    if device == "auto" and world > 1 and torch.cuda.is_available():
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return device
+
+
 class Manifest:
     """JSON-lines manifest of one rank, plus the records of all ranks for resuming."""
 

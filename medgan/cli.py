@@ -35,6 +35,13 @@ def _fail(err: Exception) -> None:
 USER_ERRORS = (FileNotFoundError, ValueError, PermissionError)
 
 
+def _show_result(job, written, error) -> None:  # noqa: ANN001 - medgan.batch on_result callback
+    if error:
+        console.print(f"[red]FAILED[/] {error}", highlight=False)
+    else:
+        out.print(f"ok  {job.source} -> {written[0]}", highlight=False)
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML config (see configs/)."),
@@ -72,13 +79,7 @@ def translate(
     try:
         from pipelines.cyclegan.translate import translate as run
 
-        def show(job, written, error) -> None:  # noqa: ANN001
-            if error:
-                console.print(f"[red]FAILED[/] {error}", highlight=False)
-            else:
-                out.print(f"ok  {job.source} -> {written[0]}", highlight=False)
-
-        report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=show,
+        report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=_show_result,
                      prefetch=prefetch, series_uid=series_uid, series_description=series_description)
     except USER_ERRORS as err:
         _fail(err)
@@ -229,7 +230,7 @@ def adda_segment(
         from pipelines.adda.segment import segment
 
         report = segment(checkpoint, inputs, output, encoder, device=device,  # type: ignore[arg-type]
-                         on_result=lambda job, w, e: console.print(f"[red]FAILED[/] {e}", highlight=False) if e else out.print(f"ok  {job.source} -> {w[0]}", highlight=False))
+                         on_result=_show_result)
     except USER_ERRORS as err:
         _fail(err)
     out.print(f"{len(report.written)} segmented, {len(report.failed)} failed, {len(report.skipped)} already done")

@@ -91,6 +91,15 @@ def to_input_grid(
     return out.as_tensor().numpy()
 
 
+def labels_to_input_grid(
+    labels: torch.Tensor, canonical_affine: torch.Tensor, affine: np.ndarray, shape: Sequence[int], dtype: type = np.uint8
+) -> np.ndarray:
+    """Class indices ``(D, H, W)`` on the canonical grid -> ``(I, J, K)`` on the input's grid
+    (nearest neighbour), as ``dtype``."""
+    out = to_input_grid(torch.as_tensor(labels)[None].float(), canonical_affine, affine, shape, "nearest")[0]
+    return out.round().astype(dtype)
+
+
 def _separable_resample(data: torch.Tensor, vox: np.ndarray, perm: np.ndarray, shape: Sequence[int], mode: str) -> np.ndarray:
     """Axis-aligned resampling by 1D interpolation along each axis (border padding)."""
     # order the canonical axes as the input axes: canonical axis perm[a] becomes output axis a

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -161,8 +160,3 @@ def pix2pix_generator_loss(adv: AdversarialLoss, d_fake: torch.Tensor, fake: tor
     a = adv(d_fake, True, for_discriminator=False)
     l1 = F.l1_loss(fake.float(), target.float())
     return {"adv": a, "l1": l1, "total": a + lambda_l1 * l1}
-
-
-def dcgan_output_size(base: int, n_up: int) -> int:
-    """Spatial size of a :class:`DCGANGenerator` output."""
-    return base * int(math.pow(2, n_up))

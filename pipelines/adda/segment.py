@@ -11,9 +11,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from medgan.batch import BatchReport, dist_env, plan_jobs, run_batch
+from medgan.batch import BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
-from medgan.data.transforms import to_input_grid
+from medgan.data.transforms import labels_to_input_grid
 from medgan.inference import sliding_window
 from medgan.io import Grid, Volume, read_label_map, read_volume, sha256_of
 from medgan.metrics import dice_per_class
@@ -60,8 +60,8 @@ class AddaSegmenter:
         """Class indices ``(I, J, K)`` uint8 on ``volume``'s grid; intensities are scaled as the
         ``domain`` (default: the target domain) was in training."""
         image, _ = self.pre[domain or self.config.target.name].image(volume)
-        seg = self.segment_tensor(image.as_tensor()[None], encoder)[0][None].float()
-        return to_input_grid(seg, image.affine, volume.affine, volume.array.shape, "nearest")[0].round().astype(np.uint8)
+        seg = self.segment_tensor(image.as_tensor()[None], encoder)[0]
+        return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
 
 
 class AddaSegmentTask:
@@ -79,8 +79,7 @@ class AddaSegmentTask:
         return self.model.segment_tensor(image.as_tensor()[None], self.encoder)[0]
 
     def finish(self, grid: Grid, image, seg) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
-        lab = to_input_grid(seg[None].float(), image.affine, grid.affine, grid.shape, "nearest")[0]
-        return {"": (lab.round().astype(np.uint8), np.uint8)}
+        return {"": (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape), np.uint8)}
 
     def provenance(self) -> dict:
         return {"checkpoint": str(self.model.folder.resolve()), "checkpoint_sha256": sha256_of(self.model.folder / WEIGHTS),
@@ -92,12 +91,9 @@ def segment(checkpoint: str | Path, inputs: list[str | Path], output_dir: str | 
             domain: str | None = None, device: str = "auto", on_result=None, prefetch: int = 2) -> BatchReport:  # noqa: ANN001
     """Segment every scan named by ``inputs``; same guarantees as ``medgan translate`` (input grid,
     manifest and resume, bad files reported and skipped, sharding under torchrun)."""
-    rank, world, local_rank = dist_env()
-    if device == "auto" and world > 1 and torch.cuda.is_available():
-        device = f"cuda:{local_rank % torch.cuda.device_count()}"
-    model = AddaSegmenter(checkpoint, device)
+    model = AddaSegmenter(checkpoint, rank_device(device))
     return run_batch(AddaSegmentTask(model, encoder, domain), plan_jobs(list(inputs)), output_dir, prefetch=prefetch,
-                     rank=rank, world_size=world, on_result=on_result)
+                     on_result=on_result)  # rank and world from torchrun
 
 
 def evaluate_adda(checkpoint: str | Path, images: list[str | Path], labels: list[str | Path], device: str = "auto") -> dict:

@@ -18,7 +18,7 @@ from monai.transforms import Rand3DElastic, RandAffine, SpatialPad
 
 from medgan.checkpoint import load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
-from medgan.data.transforms import to_canonical, to_input_grid
+from medgan.data.transforms import labels_to_input_grid, to_canonical, to_input_grid
 from medgan.io import Volume, read_label_map, strip_image_suffix, write_nifti
 from medgan.metrics import dice_per_class, intensity_stats_per_class
 from medgan.utils import resolve_device
@@ -83,7 +83,7 @@ class CVAESampler:
         for k in range(n):
             img, lab = self.sample_canonical(can.as_tensor(), seed + 1000 * k, cfg)
             img_g = self.scaling.inverse(to_input_grid(img, can.affine, raw.affine, raw.array.shape, "bilinear")[0])
-            lab_g = to_input_grid(lab.float(), can.affine, raw.affine, raw.array.shape, "nearest")[0].round().astype(np.int64)
+            lab_g = labels_to_input_grid(lab[0], can.affine, raw.affine, raw.array.shape, np.int64)
             name = f"{stem}_cvae{seed + k:04d}"
             ip = write_nifti(out / f"{name}.nii.gz", img_g.astype(np.float32), raw.affine)
             lp = write_nifti(out / f"{name}_labels.nii.gz", self.raw_id[lab_g].astype(np.int16), raw.affine)

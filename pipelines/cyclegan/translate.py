@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgan.batch import BatchReport, dist_env, plan_jobs, run_batch
+from medgan.batch import BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
-from medgan.data.transforms import DomainPreprocessor, to_input_grid
+from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
 from medgan.utils import resolve_device
@@ -125,8 +125,8 @@ class Translator:
     def segment_volume(self, volume: Volume, domain: str) -> np.ndarray:
         """Class indices ``(I, J, K)`` uint8 of a volume of ``domain`` by S_domain, on its grid."""
         image, _ = self._pre[domain].image(volume)
-        seg = self.segment_tensor(image.as_tensor()[None], domain)[0][None].float()
-        return to_input_grid(seg, image.affine, volume.affine, volume.array.shape, "nearest")[0].round().astype(np.uint8)
+        seg = self.segment_tensor(image.as_tensor()[None], domain)[0]
+        return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
 
     def task(self, direction: str, segment: bool = False) -> CycleGANTask:
         """The batch task translating ``direction`` (see :func:`medgan.batch.run_batch`)."""
@@ -173,8 +173,7 @@ class CycleGANTask:
         units = self.tr.scaling[self.tgt].inverse(y.float())
         out = {"": (to_input_grid(units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)}
         if seg is not None:
-            lab = to_input_grid(seg[None].float(), image.affine, grid.affine, grid.shape, "nearest")[0]
-            out["_seg"] = (lab.round().astype(np.uint8), np.uint8)
+            out["_seg"] = (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape), np.uint8)
         return out
 
     def provenance(self) -> dict:
@@ -198,10 +197,6 @@ def translate(
     ``output_dir``, with a manifest; finished scans of an earlier run are skipped. Under
     ``torchrun`` each rank takes its share. A scan that fails is recorded and the batch goes on;
     ``on_result(job, written_or_None, error_or_None)`` is called after each scan."""
-    rank, world, local_rank = dist_env()
-    if device == "auto" and world > 1 and torch.cuda.is_available():
-        device = f"cuda:{local_rank % torch.cuda.device_count()}"
-    translator = Translator(checkpoint, device)
-    task = translator.task(direction, segment)
+    task = Translator(checkpoint, rank_device(device)).task(direction, segment)
     jobs = plan_jobs(list(inputs), series_uid, series_description)
-    return run_batch(task, jobs, output_dir, prefetch=prefetch, rank=rank, world_size=world, on_result=on_result)
+    return run_batch(task, jobs, output_dir, prefetch=prefetch, on_result=on_result)  # rank and world from torchrun
