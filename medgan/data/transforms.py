@@ -6,10 +6,11 @@ axes after MONAI's ``Orientation("RAS")``: D runs Left->Right, H Posterior->Ante
 W Inferior->Superior. ``patch_size`` and ``roi_size`` are given in that order, in voxels at the
 configured ``spacing_mm``.
 
-The forward path (:func:`to_canonical`) is MONAI ``Orientation`` + ``Spacing``; the way back
-(:func:`to_input_grid`) resamples onto the input's own affine and shape with MONAI
-``SpatialResample``, so outputs sit exactly on the input grid whatever its orientation
-(oblique included).
+The forward path (:func:`to_canonical`) is on the grid of MONAI ``Orientation("RAS")`` +
+``Spacing``; the way back (:func:`to_input_grid`) resamples onto the input's own affine and shape,
+so outputs sit exactly on the input grid whatever its orientation (oblique included). Both
+interpolate axis by axis (:func:`resample_axis_aligned`) wherever the two grids' axes are
+parallel, and fall back to MONAI's ``SpatialResample`` otherwise.
 """
 
 from __future__ import annotations
@@ -37,30 +38,36 @@ from medgan.keys import Keys
 
 
 def to_canonical(volume: Volume, spacing_mm: Sequence[float], mode: str = "bilinear") -> MetaTensor:
-    """``(I, J, K)`` volume -> ``(1, D, H, W)`` MetaTensor in RAS at ``spacing_mm`` (mm).
+    """``(I, J, K)`` volume -> ``(1, D, H, W)`` float32 MetaTensor in RAS at ``spacing_mm`` (mm).
 
-    ``mode`` is ``"bilinear"`` for images and ``"nearest"`` for label maps.
+    ``mode`` is ``"bilinear"`` for images and ``"nearest"`` for label maps. The grid (shape and
+    affine) is MONAI's ``Orientation("RAS")`` + ``Spacing``, computed lazily (no voxels touched);
+    the values are then interpolated axis by axis by :func:`resample_axis_aligned`, which gives
+    MONAI's values (border padding) without its flip copy and 3D sampling grid.
     """
     arr, aff = volume.array, np.asarray(volume.affine, dtype=np.float64)
     if arr.flags["F_CONTIGUOUS"] and not arr.flags["C_CONTIGUOUS"]:
         # nibabel returns Fortran-ordered arrays: list the same voxels in memory order (reversed
-        # axes, affine columns reversed to match) instead of copying (1.7 s for a 512x512x275 CT);
-        # Orientation("RAS") below brings the axes to the same frame either way.
+        # axes, affine columns reversed to match) instead of copying (1.7 s for a 512x512x275 CT)
         arr, aff = arr.T, aff[:, [2, 1, 0, 3]]
-    img = MetaTensor(
-        torch.from_numpy(np.ascontiguousarray(arr))[None],
-        affine=torch.as_tensor(aff, dtype=torch.float64),
-        meta={"filename_or_obj": volume.path},
-    )
-    img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
-    img = Spacing(pixdim=tuple(float(s) for s in spacing_mm), mode=mode, padding_mode="border")(img)
-    return img
+    data = torch.from_numpy(np.ascontiguousarray(arr))[None]
+    img = MetaTensor(data, affine=torch.as_tensor(aff, dtype=torch.float64), meta={"filename_or_obj": volume.path})
+    lazy = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")), lazy=True)(img)
+    lazy = Spacing(pixdim=tuple(float(s) for s in spacing_mm), mode=mode, padding_mode="border", lazy=True)(lazy)
+    dst_affine = lazy.peek_pending_affine().to(torch.float64)
+    dst_shape = tuple(int(s) for s in lazy.peek_pending_shape())
+    dst_to_src = np.linalg.solve(aff, dst_affine.numpy())
+    if not _is_axis_aligned(dst_to_src):  # Spacing keeps the input's directions: not expected
+        img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
+        return Spacing(pixdim=tuple(float(s) for s in spacing_mm), mode=mode, padding_mode="border")(img).float()
+    out = resample_axis_aligned(data, dst_to_src, dst_shape, mode)
+    return MetaTensor(torch.from_numpy(out), affine=dst_affine, meta={"filename_or_obj": volume.path})
 
 
 def to_input_grid(
     canonical: torch.Tensor, canonical_affine: torch.Tensor, affine: np.ndarray, shape: Sequence[int], mode: str
 ) -> np.ndarray:
-    """``(C, D, H, W)`` in the canonical frame -> ``(C, I, J, K)`` numpy on the input's grid.
+    """``(C, D, H, W)`` in the canonical frame -> ``(C, I, J, K)`` float32 numpy on the input's grid.
 
     Args:
         canonical: values on the canonical grid.
@@ -69,21 +76,19 @@ def to_input_grid(
         mode: ``"bilinear"`` for intensities, ``"nearest"`` for labels.
 
     Outside the canonical grid values are taken from its border. When the input's axes are
-    parallel to the canonical ones (any flip, permutation or spacing: every non-oblique scan) the
-    trilinear/nearest interpolation is done axis by axis, which needs no sampling grid (MONAI's
+    parallel to the canonical ones (any flip, permutation or spacing: every non-oblique scan)
+    :func:`resample_axis_aligned` interpolates axis by axis, which needs no sampling grid (MONAI's
     ``SpatialResample`` builds one of 3 x the output size); oblique inputs go through
-    ``SpatialResample``. Both give the same values (see tests/data/test_transforms.py).
+    ``SpatialResample``. Both give the same values (see tests/data/test_transforms.py). The
+    spatial axes of the result are Fortran-ordered (``[0]`` is an F-contiguous ``(I, J, K)``
+    array), the order NIfTI stores, so writing it needs no transposed copy.
     """
     data = canonical.as_tensor() if isinstance(canonical, MetaTensor) else canonical
     data = data.detach().float().cpu()
     can_aff = np.asarray(torch.as_tensor(canonical_affine, dtype=torch.float64))
     vox = np.linalg.solve(can_aff, np.asarray(affine, dtype=np.float64))  # input voxel -> canonical voxel
-    lin = vox[:3, :3]
-    perm = np.abs(lin).argmax(axis=0)  # canonical axis that each input axis runs along
-    off = lin.copy()
-    off[perm, range(3)] = 0
-    if sorted(perm) == [0, 1, 2] and np.abs(off).max() < 1e-6:
-        return _separable_resample(data, vox, perm, shape, mode)
+    if _is_axis_aligned(vox):
+        return resample_axis_aligned(data, vox, shape, mode, fortran=True)
     src = MetaTensor(data, affine=torch.as_tensor(can_aff, dtype=torch.float64))
     out = SpatialResample(mode=mode, padding_mode="border")(
         src, dst_affine=torch.as_tensor(affine, dtype=torch.float64), spatial_size=tuple(int(s) for s in shape)
@@ -100,22 +105,111 @@ def labels_to_input_grid(
     return out.round().astype(dtype)
 
 
-def _separable_resample(data: torch.Tensor, vox: np.ndarray, perm: np.ndarray, shape: Sequence[int], mode: str) -> np.ndarray:
-    """Axis-aligned resampling by 1D interpolation along each axis (border padding)."""
-    # order the canonical axes as the input axes: canonical axis perm[a] becomes output axis a
-    x = data.permute(0, *(int(p) + 1 for p in perm))
-    for a in range(3):
-        n_src = x.shape[a + 1]
-        pos = torch.as_tensor(vox[perm[a], a] * np.arange(shape[a]) + vox[perm[a], 3], dtype=torch.float64)
-        pos = pos.clamp(0, n_src - 1)
-        if mode == "nearest":
-            x = x.index_select(a + 1, torch.round(pos).long().clamp(0, n_src - 1))  # half to even, as grid_sample
+def _is_axis_aligned(dst_to_src: np.ndarray) -> bool:
+    """True when each destination axis runs along one source axis (flips, permutations, scaling)."""
+    lin = dst_to_src[:3, :3]
+    perm = np.abs(lin).argmax(axis=0)
+    off = lin.copy()
+    off[perm, range(3)] = 0
+    return sorted(perm.tolist()) == [0, 1, 2] and float(np.abs(off).max()) < 1e-6
+
+
+def resample_axis_aligned(
+    data: torch.Tensor, dst_to_src: np.ndarray, shape: Sequence[int], mode: str, fortran: bool = False,
+    chunk_voxels: int = 1 << 19,
+) -> np.ndarray:
+    """Resample ``data (C, X, Y, Z)`` onto a grid whose axes are parallel to its own, by 1D
+    interpolation along one axis at a time (trilinear or nearest, border padding).
+
+    Args:
+        data: source values, any dtype (interpolated in float32).
+        dst_to_src: 4x4 map from destination voxel indices to source voxel coordinates; each
+            destination axis must run along one source axis (flips and permutations allowed).
+        shape: destination ``(I, J, K)``.
+        mode: ``"bilinear"`` (trilinear) or ``"nearest"`` (rounded half to even, as
+            ``grid_sample``).
+        fortran: lay the result out Fortran-ordered per channel (NIfTI's order).
+        chunk_voxels: voxels per chunk: temporaries stay this small whatever the volume size.
+
+    Returns:
+        ``(C, I, J, K)`` float32 numpy array.
+
+    Written here because MONAI's ``Spacing``/``SpatialResample`` build a dense 3D sampling grid
+    (3 floats per output voxel) and copy for every flip: several GiB and seconds for one CT,
+    where this needs the output plus one chunk. Axes that shrink go first, so later passes work on
+    less data; an axis whose source positions are exactly its indices is not touched.
+    """
+    lin = dst_to_src[:3, :3]
+    perm = [int(p) for p in np.abs(lin).argmax(axis=0)]  # source axis that destination axis a runs along
+    want = [2, 1, 0] if fortran else [0, 1, 2]  # destination axes in the order wanted in memory
+    if data[0].numel() >= int(np.prod(shape)):
+        # shrinking: interpolate in the source's memory order (fast gathers), reorder the small result
+        layout, x = [perm.index(j) for j in range(3)], data
+    else:
+        layout = want
+        x = data.permute(0, *(1 + perm[a] for a in layout))
+    # tensor dim 1 + k holds destination axis layout[k]
+    n_out = [int(shape[a]) for a in layout]
+    order = sorted(range(3), key=lambda k: n_out[k] / x.shape[1 + k])
+    src = x
+    for k in order:
+        a = layout[k]
+        pos = lin[perm[a], a] * np.arange(n_out[k]) + dst_to_src[perm[a], 3]
+        x = _interpolate_dim(x, 1 + k, pos, mode, chunk_voxels)
+    x = x.permute(0, *(1 + layout.index(a) for a in want)).float().contiguous()
+    if x.data_ptr() == src.data_ptr():  # the same grid: never hand out the caller's memory
+        x = x.clone()
+    if fortran:
+        x = x.permute(0, 3, 2, 1)
+    return x.numpy()
+
+
+def _interpolate_dim(x: torch.Tensor, dim: int, pos: np.ndarray, mode: str, chunk_voxels: int) -> torch.Tensor:
+    """1D interpolation of ``x`` along ``dim`` at source coordinates ``pos`` (border padding)."""
+    n_src = x.shape[dim]
+    pos = np.clip(pos, 0, n_src - 1)
+    if len(pos) == n_src and np.abs(pos - np.arange(n_src)).max() < 1e-6:
+        return x  # the same positions: nothing to do
+    shape = list(x.shape)
+    shape[dim] = len(pos)
+    out = torch.empty(shape, dtype=torch.float32)
+    if mode == "nearest":
+        i0 = torch.from_numpy(np.round(pos).astype(np.int64))  # half to even, as grid_sample
+        i1, w = None, None
+    else:
+        lo = np.floor(pos)
+        i0 = torch.from_numpy(lo.astype(np.int64))
+        i1 = torch.from_numpy(np.minimum(lo + 1, n_src - 1).astype(np.int64))
+        w = torch.from_numpy((pos - lo).astype(np.float32)).view(*[-1 if d == dim else 1 for d in range(x.dim())])
+    cdim = 1 if dim != 1 else 2  # chunks along another axis: out.narrow(1, ...) is contiguous for C = 1
+    per_slice = max(1, int(np.prod(shape)) // shape[cdim])
+    step = max(1, chunk_voxels // per_slice)
+    for s in range(0, shape[cdim], step):
+        n = min(step, shape[cdim] - s)
+        src, dst = x.narrow(cdim, s, n), out.narrow(cdim, s, n)
+        a = _take(src, dim, i0)
+        if i1 is None:
+            dst.copy_(a)
             continue
-        i0 = pos.floor().long().clamp(0, n_src - 1)
-        i1 = (i0 + 1).clamp(max=n_src - 1)
-        w = (pos - i0).float().view(*[-1 if d == a + 1 else 1 for d in range(4)])
-        x = torch.lerp(x.index_select(a + 1, i0), x.index_select(a + 1, i1), w)
-    return x.contiguous().numpy()
+        a, b = a.float(), _take(src, dim, i1).float()
+        if dst.is_contiguous():
+            torch.lerp(a, b, w, out=dst)
+        else:
+            dst.copy_(a.lerp_(b, w))
+    return out
+
+
+def _take(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(dim, index)``, on a 3D view when ``x`` is contiguous: torch's gather along
+    the last axis of a 4D tensor is several times slower than along that of a 2D or 3D one."""
+    if not x.is_contiguous():
+        return x.index_select(dim, index)
+    before, after = int(np.prod(x.shape[:dim])), int(np.prod(x.shape[dim + 1:]))
+    shape = list(x.shape)
+    shape[dim] = len(index)
+    if after == 1:
+        return x.view(before, x.shape[dim]).index_select(1, index).view(shape)
+    return x.view(before, x.shape[dim], after).index_select(1, index).view(shape)
 
 
 @dataclass

@@ -102,3 +102,59 @@ def test_fortran_ordered_arrays_give_the_same_canonical_volume(codes):
     b = to_canonical(Volume(np.asfortranarray(c), aff, "f"), (2.0, 2.0, 2.0))
     np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy())
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def _monai_canonical(vol: Volume, spacing, mode):
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation, Spacing
+
+    img = MetaTensor(torch.from_numpy(vol.array)[None], affine=torch.as_tensor(vol.affine))
+    img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
+    return Spacing(pixdim=spacing, mode=mode, padding_mode="border")(img)
+
+
+@pytest.mark.parametrize("codes", ["RAS", "LPS", "PIR", "ILA", "oblique"])
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (3.0, 1.3, 2.7)])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_to_canonical_matches_monai_orientation_and_spacing(codes, spacing, mode):
+    """The axis-by-axis interpolation gives MONAI's grid and values (nearest: up to exact ties)."""
+    rng = np.random.default_rng(0)
+    arr = rng.normal(size=(21, 17, 13)).astype(np.float32)
+    if mode == "nearest":
+        arr = np.round(3 * arr)
+    aff = oblique_affine(spacing=(1.5, 2.0, 2.5)) if codes == "oblique" else axcodes_affine(codes, spacing=(1.5, 2.0, 2.5))
+    vol = Volume(arr, aff, "x")
+    ours, ref = to_canonical(vol, spacing, mode), _monai_canonical(vol, spacing, mode)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours.affine.numpy(), ref.affine.numpy(), atol=1e-9)
+    if mode == "bilinear":
+        np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-5)
+        return
+    # nearest: a destination voxel exactly halfway between two source voxels may round either way
+    vox = np.linalg.solve(vol.affine, ours.affine.numpy())
+    tie = np.zeros(ours.shape[1:], bool)
+    for a in range(3):
+        c = int(np.abs(vox[:3, a]).argmax())
+        pos = vox[c, a] * np.arange(ours.shape[1 + a]) + vox[c, 3]
+        tie |= np.isclose(pos % 1, 0.5).reshape([-1 if d == a else 1 for d in range(3)])
+    assert not ((ours.numpy()[0] != ref.numpy()[0]) & ~tie).any()
+
+
+def test_resampling_is_the_same_in_any_chunk_size_and_layout():
+    import torch
+
+    from medgan.data.transforms import resample_axis_aligned
+
+    data = torch.from_numpy(_smooth((21, 17, 13)))[None]
+    vox = np.array([[0.0, -0.6, 0.0, 16.0], [0.45, 0.0, 0.0, 0.3], [0.0, 0.0, 1.7, -0.2], [0, 0, 0, 1]])
+    ref = resample_axis_aligned(data, vox, (40, 30, 9), "bilinear", chunk_voxels=1 << 30)
+    small = resample_axis_aligned(data, vox, (40, 30, 9), "bilinear", chunk_voxels=7)
+    fortran = resample_axis_aligned(data, vox, (40, 30, 9), "bilinear", fortran=True, chunk_voxels=50)
+    np.testing.assert_array_equal(small, ref)
+    np.testing.assert_allclose(fortran, ref, atol=1e-5)
+    assert fortran[0].flags["F_CONTIGUOUS"] and ref[0].flags["C_CONTIGUOUS"]
+    # the same grid gives a copy, never the caller's memory
+    same = resample_axis_aligned(data, np.eye(4), (21, 17, 13), "bilinear")
+    np.testing.assert_array_equal(same, data.numpy())
+    assert not np.shares_memory(same, data.numpy())
