@@ -22,15 +22,16 @@ from monai.networks.layers.factories import Conv, Norm
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from medgan.networks.layers import DepthTapConv3d, UpsampleConv3d
+
 
 def _norm(spatial_dims: int, channels: int) -> nn.Module:
     return Norm[Norm.INSTANCE, spatial_dims](channels, affine=True, track_running_stats=False)
 
 
-def _conv_block(spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    conv = Conv[Conv.CONV, spatial_dims](
-        cin, cout, kernel_size=kernel, stride=stride, padding=kernel // 2, padding_mode="reflect", bias=False
-    )
+def _conv_block(spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1, upsample: bool = False) -> nn.Sequential:
+    conv_type = UpsampleConv3d if upsample else Conv[Conv.CONV, spatial_dims]
+    conv = conv_type(cin, cout, kernel_size=kernel, stride=stride, padding=kernel // 2, padding_mode="reflect", bias=False)
     return nn.Sequential(conv, _norm(spatial_dims, cout), nn.ReLU(inplace=True))
 
 
@@ -79,13 +80,16 @@ class ResnetGenerator(nn.Module):
             layers.append(_conv_block(spatial_dims, ch, ch * 2, 3, stride=2))
             ch *= 2
         layers += [ResidualBlock(spatial_dims, ch) for _ in range(n_res_blocks)]
-        for _ in range(n_down):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), _conv_block(spatial_dims, ch, ch // 2, 3)]
+        for i in range(n_down):
+            if spatial_dims == 3 and i == n_down - 1:
+                # the full-resolution upsampling in the sub-pixel form, faster on CPU (same weights,
+                # same state dict: the Identity keeps the layer indices of nn.Upsample)
+                layers += [nn.Identity(), _conv_block(spatial_dims, ch, ch // 2, 3, upsample=True)]
+            else:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), _conv_block(spatial_dims, ch, ch // 2, 3)]
             ch //= 2
-        layers += [
-            Conv[Conv.CONV, spatial_dims](ch, out_channels, 7, padding=3, padding_mode="reflect"),
-            nn.Tanh(),
-        ]
+        out_conv = DepthTapConv3d if spatial_dims == 3 else Conv[Conv.CONV, spatial_dims]  # same weights, faster on CPU
+        layers += [out_conv(ch, out_channels, 7, padding=3, padding_mode="reflect"), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,3 +45,66 @@ def test_patch_discriminator_outputs_patch_logits():
 def test_segmenter_odd_shape():
     s = build_segmenter(3, 1, 5, (4, 4, 4, 8, 8, 4))
     assert s(torch.rand(ODD)).shape == (1, 5, 33, 27, 21)
+
+
+def _plain_generator(g: ResnetGenerator) -> ResnetGenerator:
+    """A copy computing every layer the textbook way: nn.Upsample + nn.Conv3d, plain output conv."""
+    import copy
+
+    from torch import nn
+
+    from medgan.networks.layers import DepthTapConv3d, UpsampleConv3d
+
+    ref = copy.deepcopy(g)
+    for i, layer in enumerate(ref.model):
+        if isinstance(layer, nn.Identity):
+            ref.model[i] = nn.Upsample(scale_factor=2, mode="nearest")
+    for m in ref.modules():
+        if isinstance(m, (DepthTapConv3d, UpsampleConv3d)):
+            m.__class__ = nn.Conv3d
+    return ref
+
+
+def test_cpu_fast_paths_give_the_textbook_generator():
+    """The depth-split output convolution and the sub-pixel upsampling convolution compute the
+    same function, with the same parameters, as upsample + conv and a plain Conv3d."""
+    torch.manual_seed(0)
+    g = ResnetGenerator(3, 1, 1, ngf=8, n_res_blocks=2)
+    ref = _plain_generator(g)
+    assert g.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(2, 1, 20, 18, 13)
+    y, y_ref = g(x), ref(x)
+    torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    (y_ref * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    for (name, p), p_ref in zip(g.named_parameters(), ref.parameters()):
+        scale = p_ref.grad.abs().max().item()  # gradients reach hundreds: compare relative to them
+        assert (p.grad - p_ref.grad).abs().max().item() <= 1e-4 * scale + 1e-4, name  # float32 sums
+
+
+@pytest.mark.parametrize("padding_mode, cout", [("reflect", 1), ("zeros", 3)])
+def test_depth_tap_conv_equals_conv3d(padding_mode, cout):
+    from torch import nn
+
+    from medgan.networks.layers import DepthTapConv3d
+
+    torch.manual_seed(1)
+    conv = DepthTapConv3d(5, cout, 7, padding=3, padding_mode=padding_mode)
+    ref = nn.Conv3d(5, cout, 7, padding=3, padding_mode=padding_mode)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 5, 9, 11, 8)
+    torch.testing.assert_close(conv(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+def test_upsample_conv_equals_upsample_then_conv():
+    import torch.nn.functional as F
+
+    from medgan.networks.layers import UpsampleConv3d
+
+    torch.manual_seed(2)
+    conv = UpsampleConv3d(6, 4, 3, padding=1, padding_mode="reflect", bias=True)
+    x = torch.randn(2, 6, 5, 7, 3)
+    ref = F.conv3d(F.pad(F.interpolate(x, scale_factor=2, mode="nearest"), (1,) * 6, mode="reflect"), conv.weight, conv.bias)
+    y = conv(x)
+    assert y.shape == (2, 4, 10, 14, 6)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-4)
