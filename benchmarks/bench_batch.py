@@ -10,7 +10,7 @@ on them), then in two fresh subprocesses translates every scan CT->MR:
   ``SlidingWindowInferer`` with its defaults (overlap 0.25, sw_batch_size 1, constant blending)
   under ``torch.no_grad``, back to the input grid, ``write_nifti``;
 - **medgan**: ``medgan.batch.run_batch`` (background read/preprocess and write, inference_mode,
-  Gaussian blending, overlap 0.25, sw_batch_size 4), with its manifest and provenance.
+  Gaussian blending, overlap 0.25, one window per pass on CPU), with its manifest and provenance.
 
 Reports scans per minute, voxels per second (input voxels) and peak resident memory (MiB) of each.
 """
@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 NAIVE = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 from pathlib import Path
+from bench_batch import peak_rss_mib
 from monai.inferers import SlidingWindowInferer
 from medgan.io import read_volume, write_nifti
 from medgan.data.transforms import to_input_grid
@@ -49,11 +50,12 @@ for s in scans:
         y = inferer(image.as_tensor()[None], g)[0]
     back = tr.scaling["MR"].inverse(to_input_grid(y, image.affine, vol.affine, vol.array.shape, "bilinear")[0])
     write_nifti(out / (Path(s).name.replace(".nii.gz", "_naive.nii.gz")), back.astype("float32"), vol.affine)
-print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}))
 """
 
 OURS = r"""
-import json, resource, sys, time
+import json, sys, time
+from bench_batch import peak_rss_mib
 from medgan.batch import plan_jobs, run_batch
 from pipelines.cyclegan.translate import Translator
 ckpt, out, scans = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -61,8 +63,19 @@ tr = Translator(ckpt, "cpu")
 t0 = time.perf_counter()
 rep = run_batch(tr.task("ct2mr"), plan_jobs(scans), out, prefetch=2)
 assert rep.ok, rep.failed
-print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}))
 """
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB), from ``VmHWM``: unlike ``ru_maxrss`` it starts
+    afresh at ``exec``, so a child does not report the peak of the benchmark that forked it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_scans(folder: Path, n: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[Path]:
@@ -92,7 +105,7 @@ def make_checkpoint(folder: Path) -> Path:
     cfg = load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", [
         "classes=[]", "domain_a.labels=null", "domain_b.labels=null", "network.ngf=16", "network.n_res_blocks=6",
         "train.patch_size=[64,64,32]", "train.spacing_mm=[3,3,3]", "inference.overlap=0.25",
-        "inference.sw_batch_size=4", f"train.output_dir={folder}", "optim.n_iters=1",
+        f"train.output_dir={folder}", "optim.n_iters=1",
     ])
     return CycleGANTrainer(cfg, progress=False).save()
 
@@ -111,8 +124,9 @@ def main() -> None:
         for name, code in (("naive", NAIVE), ("medgan", OURS), ("naive_again", NAIVE), ("medgan_again", OURS)):
             out = t / name
             out.mkdir()
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
             res = subprocess.run([sys.executable, "-c", code, str(ckpt), str(out), *map(str, scans)], cwd=ROOT,
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, env=env)
             if res.returncode:
                 raise SystemExit(res.stdout + res.stderr)
             r = json.loads(res.stdout.strip().splitlines()[-1])

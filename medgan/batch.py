@@ -5,12 +5,14 @@ A :class:`VolumeTask` (translation, segmentation, sampling...) is split into thr
 
 1. ``prepare(volume)`` - in a pool of ``prefetch`` background threads: the next scans are read and
    preprocessed while the current one runs on the model;
-2. ``run(prepared)`` - in the calling thread, on the model (loaded once, ``inference_mode``);
-3. ``finish(volume, prepared, result)`` and writing - in a background writer thread: back to the
+2. ``run(prepared)`` - in model worker threads, on the model (loaded once, ``inference_mode``);
+3. ``finish(volume, prepared, result)`` and writing - in background writer threads: back to the
    input grid, written atomically (temporary name, then rename), with a provenance sidecar.
 
-At most ``prefetch`` prepared scans, one running scan and ``max_pending_writes`` scans being
-written are held at once, so memory is bounded whatever the number of scans.
+On CPU several model workers run scans side by side, one torch thread each (see
+:func:`default_workers`). Each reader and writer thread holds at most one full-resolution volume
+and the scans queued between them only their grid and canonical tensors, so memory is bounded
+whatever the number of scans; headers claiming more than ``max_voxels`` are refused unread.
 
 **Manifest and resume**: each rank appends one JSON line per scan to ``manifest.jsonl``
 (``manifest-rank{r}.jsonl`` under several ranks) after its outputs are in place: status,
@@ -44,6 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 
 import medgan
+from medgan.inference import reuse_freed_memory
 from medgan.io import (
     Grid,
     Volume,
@@ -59,16 +62,25 @@ from medgan.io import (
 
 logger = logging.getLogger(__name__)
 
+#: default largest volume a batch reads: 2**30 voxels (4 GiB as float32), e.g. 1024 x 1024 x 1024
+MAX_VOXELS = 1 << 30
+
 
 class VolumeTask(Protocol):
     """What :func:`run_batch` runs on each scan."""
 
     #: short name used in output file names, e.g. ``"mr2ct"``
     name: str
+    #: where ``run`` computes (chooses the number of model workers)
+    device: Any
 
-    def prepare(self, volume: Volume) -> Any: ...
+    def prepare(self, volume: Volume) -> Any:
+        """Voxels (the stored dtype, e.g. int16) -> the model's input; runs in reader threads."""
+        ...
 
-    def run(self, prepared: Any) -> Any: ...
+    def run(self, prepared: Any) -> Any:
+        """The model; called from several worker threads at once on CPU, so it must not keep state."""
+        ...
 
     def finish(self, grid: Grid, prepared: Any, result: Any) -> dict[str, tuple[np.ndarray, type]]:
         """``{suffix: (array on the input grid, dtype)}``; ``""`` is the main output."""
@@ -205,13 +217,35 @@ def _check_writable(folder: Path) -> None:
         raise VolumeError(f"{folder}: output folder is not writable ({err})") from err
 
 
+def default_workers(device: Any) -> tuple[int, int, int]:
+    """``(model workers, torch threads per worker, I/O threads)`` for a device.
+
+    On CPU every core runs its own scan with one torch thread: the model, the reader and the
+    writer then share the cores by the OS scheduler instead of stalling torch's OpenMP barriers
+    (a multi-threaded model slowed by a background thread waits for it at every layer). On CUDA
+    one worker feeds the GPU. Reading and writing get a quarter of the cores each, at least two,
+    so the first scans are read and the last ones written side by side.
+    """
+    import torch
+
+    cores = max(1, torch.get_num_threads())
+    io = max(2, cores // 4)
+    if getattr(device, "type", str(device)) == "cuda":
+        return 1, cores, io
+    return cores, 1, io
+
+
 def run_batch(
     task: VolumeTask,
     jobs: list[ScanJob],
     output_dir: str | os.PathLike,
     *,
     prefetch: int = 2,
+    workers: int | None = None,
+    io_threads: int | None = None,
     max_pending_writes: int = 2,
+    max_volumes: int = 2,
+    max_voxels: int | None = MAX_VOXELS,
     rank: int | None = None,
     world_size: int | None = None,
     manifest: bool = True,
@@ -219,14 +253,40 @@ def run_batch(
 ) -> BatchReport:
     """Run ``task`` over ``jobs`` (this rank's share), writing into ``output_dir``.
 
+    Args:
+        task: what to do with each scan (see :class:`VolumeTask`).
+        jobs: from :func:`plan_jobs`; under several ranks each takes every ``world_size``-th.
+        output_dir: created if needed; outputs, sidecars and the manifest go here.
+        prefetch: scans read and prepared ahead of the model workers.
+        workers, io_threads: model workers and reader/writer threads (default:
+            :func:`default_workers` for the task's device).
+        max_pending_writes: model results waiting for the writers (small: canonical grid).
+        max_volumes: full-resolution volumes being read or written at once (the memory bound).
+        max_voxels: scans whose header gives more voxels fail without being read.
+        rank, world_size: default from torchrun's environment.
+        manifest: keep ``manifest*.jsonl`` and skip scans it records as done.
+        on_result: ``on_result(job, written_or_None, error_or_None)`` after each scan.
+
+    Memory is bounded whatever the number of scans: at most ``max_volumes`` full-resolution
+    volumes are being read or written at once, and ``prefetch + workers + max_pending_writes``
+    scans wait on the canonical (training-spacing) grid.
+
     Raises:
         VolumeError: the output folder cannot be created or written (nothing can succeed).
     """
+    import torch
+
     out = Path(output_dir)
     _check_writable(out)
     env_rank, env_world, _ = dist_env()
     rank = env_rank if rank is None else rank
     world = env_world if world_size is None else world_size
+    device = getattr(task, "device", "cpu")
+    n_workers, worker_threads, n_io = default_workers(device)
+    if getattr(device, "type", str(device)) == "cpu":
+        reuse_freed_memory()
+    n_workers = workers or n_workers
+    n_io = io_threads or n_io
     man = Manifest(out, rank, world) if manifest else None
     done = man.finished() if man else set()
     report = BatchReport()
@@ -255,21 +315,35 @@ def run_batch(
         if on_result:
             on_result(job, None, msg)
 
-    def load(job: ScanJob) -> tuple[Grid, Any, float]:
+    full_volumes = threading.Semaphore(max(1, max_volumes))
+
+    def load(job: ScanJob, timings: dict) -> tuple[Grid, Any]:
+        with full_volumes:
+            t0 = time.perf_counter()
+            vol = read_volume(job.source, series_uid=job.series_uid, as_float=False, max_voxels=max_voxels)
+            prepared = task.prepare(vol)
+            timings["read_s"] = round(time.perf_counter() - t0, 3)
+            return vol.grid, prepared  # the voxels are not kept: memory stays bounded
+
+    def infer(loaded: Future, timings: dict) -> tuple[Grid, Any, Any]:
+        grid, prepared = loaded.result()
         t0 = time.perf_counter()
-        vol = read_volume(job.source, series_uid=job.series_uid)
-        prepared = task.prepare(vol)
-        return vol.grid, prepared, time.perf_counter() - t0  # the voxels are not kept: memory stays bounded
+        with torch.inference_mode():
+            result = task.run(prepared)
+        timings["model_s"] = round(time.perf_counter() - t0, 3)
+        return grid, prepared, result
 
     def write(job: ScanJob, vol: Grid, prepared: Any, result: Any, timings: dict) -> None:
         try:
-            t0 = time.perf_counter()
-            arrays = task.finish(vol, prepared, result)
-            del prepared, result
-            written = []
-            for suffix, (arr, dtype) in arrays.items():
-                written.append(write_nifti(out / f"{job.stem}_{task.name}{suffix}.nii.gz", arr, vol.affine, dtype=dtype))
-            timings["write_s"] = round(time.perf_counter() - t0, 3)
+            with full_volumes:
+                t0 = time.perf_counter()
+                arrays = task.finish(vol, prepared, result)
+                del prepared, result
+                written = []
+                for suffix, (arr, dtype) in arrays.items():
+                    written.append(write_nifti(out / f"{job.stem}_{task.name}{suffix}.nii.gz", arr, vol.affine, dtype=dtype))
+                del arrays, arr
+                timings["write_s"] = round(time.perf_counter() - t0, 3)
             sums = {p.name: sha256_of(p) for p in written}
             sidecar = {
                 **provenance, "medgan_version": medgan.__version__, "task": task.name,
@@ -289,44 +363,37 @@ def run_batch(
         except Exception as err:  # noqa: BLE001 - one scan's failure must not stop the batch
             fail(job, err, timings)
 
-    readers = ThreadPoolExecutor(max_workers=max(1, prefetch), thread_name_prefix="medgan-read")
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medgan-write")
-    queue: deque[tuple[ScanJob, Future]] = deque()
-    pending: deque[Future] = deque()
-    todo = iter(mine)
-    try:
-        def top_up() -> None:
-            while len(queue) < max(1, prefetch):
-                job = next(todo, None)
-                if job is None:
-                    return
-                queue.append((job, readers.submit(load, job)))
+    def threads(n: int) -> Callable[[], None]:
+        return lambda: torch.set_num_threads(n)  # per thread: torch's OpenMP pool size is thread-local
 
-        top_up()
-        while queue:
-            job, fut = queue.popleft()
+    readers = ThreadPoolExecutor(n_io, thread_name_prefix="medgan-read", initializer=threads(1))
+    models = ThreadPoolExecutor(n_workers, thread_name_prefix="medgan-model", initializer=threads(worker_threads))
+    writers = ThreadPoolExecutor(n_io, thread_name_prefix="medgan-write", initializer=threads(1))
+    inflight: deque[tuple[ScanJob, dict, Future]] = deque()
+    pending: deque[Future] = deque()
+
+    def hand_over() -> None:  # the oldest scan's model result goes to the writers
+        job, timings, fut = inflight.popleft()
+        try:
+            grid, prepared, result = fut.result()
+        except Exception as err:  # noqa: BLE001 - read, preprocessing or model failure of this scan only
+            fail(job, err, timings)
+            return
+        while len(pending) >= max(1, max_pending_writes):
+            pending.popleft().result()
+        pending.append(writers.submit(write, job, grid, prepared, result, timings))
+
+    try:
+        for job in mine:
+            while len(inflight) >= n_workers + max(0, prefetch):
+                hand_over()
             timings: dict = {}
-            try:
-                vol, prepared, timings["read_s"] = fut.result()
-            except Exception as err:  # noqa: BLE001
-                fail(job, err, timings)
-                top_up()
-                continue
-            top_up()
-            try:
-                t0 = time.perf_counter()
-                result = task.run(prepared)
-                timings["model_s"] = round(time.perf_counter() - t0, 3)
-            except Exception as err:  # noqa: BLE001
-                fail(job, err, timings)
-                continue
-            while len(pending) >= max(1, max_pending_writes):
-                pending.popleft().result()
-            pending.append(writer.submit(write, job, vol, prepared, result, timings))
-            del vol, prepared, result
+            inflight.append((job, timings, models.submit(infer, readers.submit(load, job, timings), timings)))
+        while inflight:
+            hand_over()
         for f in pending:
             f.result()
     finally:
-        readers.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True)
+        for pool in (readers, models, writers):
+            pool.shutdown(wait=True, cancel_futures=True)
     return report

@@ -1,11 +1,86 @@
-"""Whole-volume inference with MONAI's sliding-window inferer (no hidden state)."""
+"""Whole-volume inference with MONAI's sliding-window inferer (no hidden state).
+
+One home for how a network runs over a volume: window size and overlap from the config, the
+number of windows per forward pass chosen for the device (:func:`window_batch_size`), Gaussian
+blending, ``inference_mode`` and, on CUDA, bfloat16 autocast.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import sys
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
 from monai.inferers import SlidingWindowInferer
+
+logger = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters (malloc.h)
+_allocator_tuned = False
+
+
+def reuse_freed_memory() -> bool:
+    """Let glibc reuse freed blocks of up to 32 MiB instead of handing them back to the OS.
+
+    A CPU forward pass allocates and frees activations of a few MiB per layer. By default glibc
+    serves each from fresh pages (``mmap``) and returns them at ``free``, so every window pays
+    for page faults: 800,000 faults and 1.2 s of kernel time in 6.4 s of the CycleGAN generator
+    over one 512x512x275 CT (5.1 s without them).
+    Raising ``M_MMAP_THRESHOLD`` to its 32 MiB maximum and the trim threshold to 256 MiB, with one
+    arena for all threads (per-thread arenas give pages back regardless), keeps those pages in the
+    process: the same as ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``/``MALLOC_ARENA_MAX``,
+    or the jemalloc/tcmalloc preload of PyTorch's CPU performance guide. Measured on four such
+    CTs: 2.5 million faults -> 0.86 million, 19.4 s -> 15.9 s, peak memory 1093 -> 1084 MiB
+    (the pages are reused, not added). Larger blocks (whole volumes) still go back to the OS at
+    once. Process-wide, from the next allocation on; a no-op returning ``False`` off glibc.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = all(libc.mallopt(p, v) for p, v in ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_ARENA_MAX, 1)))
+    except (OSError, AttributeError):
+        return False
+    _allocator_tuned = ok
+    return ok
+
+
+_fitted: dict[tuple[int, tuple[int, ...], str], int] = {}
+_fit_lock = threading.Lock()
+
+
+def window_batch_size(
+    network: Callable[[torch.Tensor], torch.Tensor], roi_size: Sequence[int], device: torch.device | str,
+    in_channels: int = 1, memory_fraction: float = 0.5,
+) -> int:
+    """Windows per forward pass when the config leaves it open.
+
+    CPU: 1. One 64x64x32 window at a time runs faster per window than batches of 2-8 on CPU
+    (its activations stay in the cache): 0.058 s against 0.090 s per window for batches of 4 with
+    the default CycleGAN generator on 2 cores. CUDA: as many windows as ``memory_fraction`` of the
+    free memory holds, measured once per network and window size with one window (bf16).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 1
+    key = (id(network), tuple(int(r) for r in roi_size), str(device))
+    with _fit_lock:
+        if key not in _fitted:
+            free, _ = torch.cuda.mem_get_info(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+                network(torch.zeros(1, in_channels, *key[1], device=device))
+            per_window = max(1, torch.cuda.max_memory_allocated(device) - base)
+            _fitted[key] = int(max(1, min(256, memory_fraction * free // per_window)))
+            logger.info("sliding-window batch on %s: %d windows of %s", device, _fitted[key], key[1])
+        return _fitted[key]
 
 
 def sliding_window(
@@ -13,7 +88,7 @@ def sliding_window(
     x: torch.Tensor,
     roi_size: Sequence[int],
     overlap: float = 0.5,
-    sw_batch_size: int = 2,
+    sw_batch_size: int | None = None,
     blend: str = "gaussian",
     pad_value: float = -1.0,
     device: torch.device | str | None = None,
@@ -22,13 +97,16 @@ def sliding_window(
     a Gaussian weight so patch seams do not show; returns ``(B, C_out, D, H, W)`` on ``x``'s device.
 
     Windows run on ``device`` (default: the network's) under ``torch.inference_mode`` and, on
-    CUDA, bfloat16 autocast. A volume smaller than ``roi_size`` is padded with ``pad_value``
-    (-1 is background in the [-1, 1] scaling).
+    CUDA, bfloat16 autocast; ``sw_batch_size=None`` picks :func:`window_batch_size`. A volume
+    smaller than ``roi_size`` is padded with ``pad_value`` (-1 is background in the [-1, 1]
+    scaling). Safe to call from several threads at once (no state is kept but the fitted batch).
     """
     if device is None:
         params = getattr(network, "parameters", None)
         device = next(params()).device if params is not None else x.device
     device = torch.device(device)
+    if sw_batch_size is None:
+        sw_batch_size = window_batch_size(network, roi_size, device, in_channels=x.shape[1])
     inferer = SlidingWindowInferer(
         roi_size=tuple(int(r) for r in roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode=blend,
         padding_mode="constant", cval=pad_value, sw_device=device, device=x.device,

@@ -102,7 +102,9 @@ class InferenceConfig(_Strict):
 
     roi_size: tuple[int, int, int] | None = Field(None, description="window size in voxels; default: the training patch size")
     overlap: float = Field(0.5, ge=0, lt=1)
-    sw_batch_size: int = Field(2, ge=1)
+    sw_batch_size: int | None = Field(
+        None, ge=1, description="windows per forward pass; default: 1 on CPU (fastest there), as many as fit in "
+        "half the free memory on CUDA")
     blend: Literal["gaussian", "constant"] = "gaussian"
 
 

@@ -14,7 +14,7 @@ import torch
 from medgan.batch import BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.transforms import labels_to_input_grid
-from medgan.inference import sliding_window
+from medgan.inference import reuse_freed_memory, sliding_window
 from medgan.io import Grid, Volume, read_label_map, read_volume, sha256_of
 from medgan.metrics import dice_per_class
 from medgan.utils import resolve_device
@@ -33,6 +33,8 @@ class AddaSegmenter:
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, AddaConfig)
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # before the networks allocate: see medgan.inference
         self.nets = build_adda_networks(self.config)
         load_networks(self.folder, dict(self.nets.items()))
         self.nets.to(self.device).eval()
@@ -71,6 +73,7 @@ class AddaSegmentTask:
         self.model, self.encoder = model, encoder
         self.domain = domain or model.config.target.name
         self.name = "adda_seg" if encoder == "adapted" else f"adda_{encoder}_seg"
+        self.device = model.device
 
     def prepare(self, volume: Volume):  # noqa: ANN201
         return self.model.pre[self.domain].image(volume)[0]

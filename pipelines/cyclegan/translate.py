@@ -9,7 +9,6 @@ shape and affine, whatever its orientation or format.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +19,13 @@ from medgan.batch import BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
-from medgan.inference import sliding_window
+from medgan.inference import reuse_freed_memory, sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
 from medgan.utils import resolve_device
 from pipelines.cyclegan.config import CycleGANConfig
 from pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
 from pipelines.cyclegan.trainer import domain_preprocessor
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,13 +53,14 @@ class Translator:
         self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, CycleGANConfig)
         self.names = NetNames.of(self.config)
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # before the networks allocate: see medgan.inference
         self.nets = build_networks(self.config)
         load_networks(self.folder, dict(self.nets.items()))
         self.nets.to(self.device).eval()
         self.scaling = {
             name: IntensityScaling(v["lower"], v["upper"]) for name, v in self.meta["normalization"].items()
         }
-        self._sw_auto: dict[int, int] = {}
         self._pre = {d.name: domain_preprocessor(self.config, d) for d in (self.config.domain_a, self.config.domain_b)}
 
     @property
@@ -81,27 +80,9 @@ class Translator:
     def preprocessor(self, domain: str) -> DomainPreprocessor:
         return self._pre[domain]
 
-    def _sw_batch_size(self, net: torch.nn.Module) -> int:
-        """The configured sliding-window batch on CPU; on CUDA as many windows as half the free
-        memory holds, measured once per network with one window."""
-        inf = self.config.inference
-        if self.device.type != "cuda":
-            return inf.sw_batch_size
-        key = id(net)
-        if key not in self._sw_auto:
-            free, _ = torch.cuda.mem_get_info(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            base = torch.cuda.memory_allocated(self.device)
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-                net(torch.zeros(1, 1, *self.config.roi_size, device=self.device))
-            per_window = max(1, torch.cuda.max_memory_allocated(self.device) - base)
-            self._sw_auto[key] = int(max(1, min(256, 0.5 * free // per_window)))
-            logger.info("sliding-window batch on %s: %d windows", self.device, self._sw_auto[key])
-        return self._sw_auto[key]
-
     def _window(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         inf = self.config.inference
-        return sliding_window(net, x, self.config.roi_size, inf.overlap, self._sw_batch_size(net), inf.blend, device=self.device)
+        return sliding_window(net, x, self.config.roi_size, inf.overlap, inf.sw_batch_size, inf.blend, device=self.device)
 
     def translate_tensor(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         """``x (B, 1, D, H, W)`` in [-1, 1] (source scaling, training spacing) -> ``(B, 1, D, H, W)``
@@ -154,6 +135,7 @@ class CycleGANTask:
         self.tr, self.segment = translator, segment
         self.src, self.tgt = translator.parse_direction(direction)
         self.name = f"{self.src}2{self.tgt}".lower()
+        self.device = translator.device
         if segment and not translator.classes:
             raise ValueError(f"{translator.folder}: --segment needs a model with segmenters (no classes configured)")
 
