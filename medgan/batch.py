@@ -48,6 +48,7 @@ import numpy as np
 import medgan
 from medgan.inference import reuse_freed_memory
 from medgan.io import (
+    MAX_VOXELS,
     Grid,
     Volume,
     VolumeError,
@@ -61,9 +62,6 @@ from medgan.io import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: default largest volume a batch reads: 2**30 voxels (4 GiB as float32), e.g. 1024 x 1024 x 1024
-MAX_VOXELS = 1 << 30
 
 
 class VolumeTask(Protocol):

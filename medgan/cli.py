@@ -12,6 +12,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from medgan.io import MAX_VOXELS
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Medical-image domain translation (CT <-> MR) on MONAI.")
 console = Console(stderr=True, soft_wrap=True)  # soft_wrap: paths in messages stay whole
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)  # pipes and logs get whole tables
@@ -70,6 +72,8 @@ def translate(
     segment: bool = typer.Option(False, help="Also write the target-domain segmenter's labels."),
     device: str = typer.Option("auto", help="auto, cpu or cuda:N (under torchrun: one GPU per rank)."),
     prefetch: int = typer.Option(2, help="Scans read and preprocessed ahead in the background."),
+    workers: Optional[int] = typer.Option(None, help="Scans on the model at once (default: one per CPU core, one on CUDA)."),
+    max_voxels: int = typer.Option(MAX_VOXELS, help="Refuse scans whose header gives more voxels (memory bound)."),
     series_uid: Optional[str] = typer.Option(None, help="DICOM folders: only this SeriesInstanceUID."),
     series_description: Optional[str] = typer.Option(None, help="DICOM folders: only series whose description matches this glob."),
 ) -> None:
@@ -80,7 +84,8 @@ def translate(
         from pipelines.cyclegan.translate import translate as run
 
         report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=_show_result,
-                     prefetch=prefetch, series_uid=series_uid, series_description=series_description)
+                     prefetch=prefetch, workers=workers, max_voxels=max_voxels, series_uid=series_uid,
+                     series_description=series_description)
     except USER_ERRORS as err:
         _fail(err)
     n_ok, n_bad = len(report.written), len(report.failed)
@@ -224,13 +229,15 @@ def adda_segment(
     output: Path = typer.Option(..., "--output", "-o"),
     encoder: str = typer.Option("adapted", help="adapted (target scans), source or oracle."),
     device: str = typer.Option("auto"),
+    workers: Optional[int] = typer.Option(None, help="Scans on the model at once (default: one per CPU core, one on CUDA)."),
+    max_voxels: int = typer.Option(MAX_VOXELS, help="Refuse scans whose header gives more voxels (memory bound)."),
 ) -> None:
     """Segment scans (outputs on each input's grid; manifest; bad files reported). Exit 1 if any failed."""
     try:
         from pipelines.adda.segment import segment
 
         report = segment(checkpoint, inputs, output, encoder, device=device,  # type: ignore[arg-type]
-                         on_result=_show_result)
+                         on_result=_show_result, workers=workers, max_voxels=max_voxels)
     except USER_ERRORS as err:
         _fail(err)
     out.print(f"{len(report.written)} segmented, {len(report.failed)} failed, {len(report.skipped)} already done")

@@ -35,6 +35,8 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 #: grid (the grid its NIfTI conversion uses). Larger deviations mean missing slices and are refused.
 DICOM_SLICE_POSITION_TOLERANCE = 0.75
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: default largest volume a batch reads: 2**30 voxels (4 GiB as float32), e.g. 1024 x 1024 x 1024
+MAX_VOXELS = 1 << 30
 #: stored integer types that ``read_volume(as_float=False)`` keeps (torch can index all of them)
 _KEPT_INTEGER_TYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.int32))
 

@@ -86,22 +86,40 @@ def _bad_corpus(tmp: Path) -> dict[str, Path]:
     positions = positions[:5] + positions[8:]  # three slices missing
     missing = tmp / "dicom_missing"
     write_dicom_series(missing, vol[:, :, :9], spacing=(1.0, 1.0, 2.0), slice_positions=positions)
+    # a header claiming 2048^3 int16 voxels (16 GiB) over a few bytes of data
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((2048, 2048, 2048))
+    hdr.set_data_dtype(np.int16)
+    hdr.set_sform(AFF, code=1)
+    huge = tmp / "huge.nii"
+    huge.write_bytes(hdr.binaryblock + b"\0" * 4 + np.arange(1000, dtype=np.int16).tobytes())
     return {"good": good, "truncated": trunc, "corrupt": corrupt, "nan_slope": nanslope, "two_d": two_d,
-            "four_d": four_d, "nan_voxels": nan_voxels, "dicom_missing": missing}
+            "four_d": four_d, "nan_voxels": nan_voxels, "dicom_missing": missing, "huge": huge}
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def test_bad_input_corpus(tmp_path, tiny_checkpoint):
     files = _bad_corpus(tmp_path / "in")
+    peak_before = _peak_rss_mib()
     rep = translate(tiny_checkpoint, [str(p) for p in files.values()], tmp_path / "out", "mr2ct", device="cpu")
+    # the 16 GiB volume was refused from its header: the process peak grew by far less than it
+    assert _peak_rss_mib() - peak_before < 1024
     expect_fail = {"truncated": "could not be read", "corrupt": "could not be read", "two_d": "expected a 3D volume",
-                   "four_d": "expected a 3D volume", "nan_voxels": "NaN or Inf", "dicom_missing": "missing or duplicated"}
+                   "four_d": "expected a 3D volume", "nan_voxels": "NaN or Inf", "dicom_missing": "missing or duplicated",
+                   "huge": "more than the limit"}
     for key, message in expect_fail.items():
         assert message in rep.failed[str(files[key])], (key, rep.failed.get(str(files[key])))
     assert set(rep.written) == {str(files["good"]), str(files["nan_slope"])}
     raw = read_volume(files["nan_slope"]).array  # a NaN slope means raw values, not garbage
     assert raw.max() == 499 and raw.min() == 0
     records = Manifest(tmp_path / "out", 0, 1).records()
-    assert {r["status"] for r in records.values()} == {"done", "failed"} and len(records) == 8
+    assert {r["status"] for r in records.values()} == {"done", "failed"} and len(records) == 9
     assert all(r["error"] for r in records.values() if r["status"] == "failed")
 
 

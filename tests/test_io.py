@@ -147,3 +147,37 @@ def test_dicom_series_with_missing_slices_is_refused(tmp_path):
             shutil.copy(f, tmp_path / f.name)
     with pytest.raises(VolumeError, match="missing or duplicated"):
         read_volume(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["nii.gz", "nrrd", "dicom"])
+def test_volumes_over_max_voxels_are_refused_from_the_header(tmp_path, kind):
+    from tests.conftest import write_dicom_series
+
+    arr = (np.arange(20 * 18 * 10) % 300).astype(np.int16).reshape(20, 18, 10)
+    if kind == "dicom":
+        path = tmp_path / "series"
+        write_dicom_series(path, arr)
+    elif kind == "nrrd":
+        path = tmp_path / "v.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(arr.transpose(2, 1, 0)), str(path))
+    else:
+        path = write_nifti_file(tmp_path / "v.nii.gz", arr, np.eye(4))
+    with pytest.raises(VolumeError, match="20 x 18 x 10 = 3,600 voxels, more than the limit of 3,599"):
+        read_volume(path, max_voxels=3599)
+    assert read_volume(path, max_voxels=3600).array.shape == (20, 18, 10)
+
+
+def test_integer_voxels_kept_on_request(tmp_path):
+    arr = (np.arange(20 * 18 * 10) % 300 - 100).astype(np.int16).reshape(20, 18, 10)
+    path = write_nifti_file(tmp_path / "v.nii.gz", arr, np.eye(4))
+    kept, as_float = read_volume(path, as_float=False), read_volume(path)
+    assert kept.array.dtype == np.int16 and as_float.array.dtype == np.float32
+    np.testing.assert_array_equal(kept.array, arr)
+    np.testing.assert_array_equal(as_float.array, arr.astype(np.float32))
+    # scaled integers come back as floats either way: the scaling is applied
+    img = nib.Nifti1Image(arr, np.eye(4))
+    img.header.set_slope_inter(0.5, -10)
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    scaled = read_volume(tmp_path / "scaled.nii.gz", as_float=False).array
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled, arr * 0.5 - 10)

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from medgan.batch import BatchReport, plan_jobs, rank_device, run_batch
+from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.transforms import labels_to_input_grid
 from medgan.inference import reuse_freed_memory, sliding_window
@@ -91,12 +91,13 @@ class AddaSegmentTask:
 
 
 def segment(checkpoint: str | Path, inputs: list[str | Path], output_dir: str | Path, encoder: Encoder = "adapted",
-            domain: str | None = None, device: str = "auto", on_result=None, prefetch: int = 2) -> BatchReport:  # noqa: ANN001
+            domain: str | None = None, device: str = "auto", on_result=None, prefetch: int = 2,  # noqa: ANN001
+            workers: int | None = None, max_voxels: int | None = MAX_VOXELS) -> BatchReport:
     """Segment every scan named by ``inputs``; same guarantees as ``medgan translate`` (input grid,
     manifest and resume, bad files reported and skipped, sharding under torchrun)."""
     model = AddaSegmenter(checkpoint, rank_device(device))
     return run_batch(AddaSegmentTask(model, encoder, domain), plan_jobs(list(inputs)), output_dir, prefetch=prefetch,
-                     on_result=on_result)  # rank and world from torchrun
+                     workers=workers, max_voxels=max_voxels, on_result=on_result)  # rank and world from torchrun
 
 
 def evaluate_adda(checkpoint: str | Path, images: list[str | Path], labels: list[str | Path], device: str = "auto") -> dict:

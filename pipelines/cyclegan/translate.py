@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgan.batch import BatchReport, plan_jobs, rank_device, run_batch
+from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
@@ -174,6 +174,7 @@ def translate(
     checkpoint: str | Path, inputs: list[str | Path], output_dir: str | Path, direction: str,
     segment: bool = False, device: str = "auto", on_result=None,  # noqa: ANN001
     prefetch: int = 2, series_uid: str | None = None, series_description: str | None = None,
+    workers: int | None = None, max_voxels: int | None = MAX_VOXELS,
 ) -> BatchReport:
     """Translate every scan named by ``inputs`` (files, folders, globs, DICOM folders) into
     ``output_dir``, with a manifest; finished scans of an earlier run are skipped. Under
@@ -181,4 +182,5 @@ def translate(
     ``on_result(job, written_or_None, error_or_None)`` is called after each scan."""
     task = Translator(checkpoint, rank_device(device)).task(direction, segment)
     jobs = plan_jobs(list(inputs), series_uid, series_description)
-    return run_batch(task, jobs, output_dir, prefetch=prefetch, on_result=on_result)  # rank and world from torchrun
+    return run_batch(task, jobs, output_dir, prefetch=prefetch, workers=workers, max_voxels=max_voxels,
+                     on_result=on_result)  # rank and world from torchrun
