@@ -3,16 +3,17 @@
 A :class:`VolumeTask` (translation, segmentation, sampling...) is split into three stages that
 :func:`run_batch` overlaps:
 
-1. ``prepare(volume)`` - in a pool of ``prefetch`` background threads: the next scans are read and
-   preprocessed while the current one runs on the model;
+1. ``prepare(volume)`` - in background reader threads: the next ``prefetch`` scans are read and
+   preprocessed while the current ones run on the model;
 2. ``run(prepared)`` - in model worker threads, on the model (loaded once, ``inference_mode``);
 3. ``finish(volume, prepared, result)`` and writing - in background writer threads: back to the
    input grid, written atomically (temporary name, then rename), with a provenance sidecar.
 
 On CPU several model workers run scans side by side, one torch thread each (see
-:func:`default_workers`). Each reader and writer thread holds at most one full-resolution volume
-and the scans queued between them only their grid and canonical tensors, so memory is bounded
-whatever the number of scans; headers claiming more than ``max_voxels`` are refused unread.
+:func:`default_workers`). At most ``max_volumes`` full-resolution volumes are being read or
+written at once and the scans queued between the stages keep only their grid and canonical
+tensors, so memory is bounded whatever the number of scans; headers claiming more than
+``max_voxels`` are refused unread.
 
 **Manifest and resume**: each rank appends one JSON line per scan to ``manifest.jsonl``
 (``manifest-rank{r}.jsonl`` under several ranks) after its outputs are in place: status,
@@ -215,12 +216,13 @@ def _check_writable(folder: Path) -> None:
         raise VolumeError(f"{folder}: output folder is not writable ({err})") from err
 
 
-def default_workers(device: Any) -> tuple[int, int, int]:
-    """``(model workers, torch threads per worker, I/O threads)`` for a device.
+def default_workers(device: Any, n_scans: int, workers: int | None = None) -> tuple[int, int, int]:
+    """``(model workers, torch threads per worker, I/O threads)`` for ``n_scans`` scans on a device.
 
     On CPU every core runs its own scan with one torch thread: the model, the reader and the
     writer then share the cores by the OS scheduler instead of stalling torch's OpenMP barriers
-    (a multi-threaded model slowed by a background thread waits for it at every layer). On CUDA
+    (a multi-threaded model slowed by a background thread waits for it at every layer). With
+    fewer scans (or ``workers``) than cores, the cores are split between the workers. On CUDA
     one worker feeds the GPU. Reading and writing get a quarter of the cores each, at least two,
     so the first scans are read and the last ones written side by side.
     """
@@ -229,8 +231,9 @@ def default_workers(device: Any) -> tuple[int, int, int]:
     cores = max(1, torch.get_num_threads())
     io = max(2, cores // 4)
     if getattr(device, "type", str(device)) == "cuda":
-        return 1, cores, io
-    return cores, 1, io
+        return max(1, workers or 1), cores, io
+    n = max(1, min(workers or cores, max(1, n_scans)))
+    return n, max(1, cores // n), io
 
 
 def run_batch(
@@ -257,7 +260,7 @@ def run_batch(
         output_dir: created if needed; outputs, sidecars and the manifest go here.
         prefetch: scans read and prepared ahead of the model workers.
         workers, io_threads: model workers and reader/writer threads (default:
-            :func:`default_workers` for the task's device).
+            :func:`default_workers` for the task's device and the number of scans).
         max_pending_writes: model results waiting for the writers (small: canonical grid).
         max_volumes: full-resolution volumes being read or written at once (the memory bound).
         max_voxels: scans whose header gives more voxels fail without being read.
@@ -280,11 +283,8 @@ def run_batch(
     rank = env_rank if rank is None else rank
     world = env_world if world_size is None else world_size
     device = getattr(task, "device", "cpu")
-    n_workers, worker_threads, n_io = default_workers(device)
     if getattr(device, "type", str(device)) == "cpu":
         reuse_freed_memory()
-    n_workers = workers or n_workers
-    n_io = io_threads or n_io
     man = Manifest(out, rank, world) if manifest else None
     done = man.finished() if man else set()
     report = BatchReport()
@@ -301,6 +301,8 @@ def run_batch(
             stale.unlink(missing_ok=True)
     if report.skipped:
         logger.info("rank %d: %d scans already done, %d to do", rank, len(report.skipped), len(mine))
+    n_workers, worker_threads, n_io = default_workers(device, len(mine), workers)
+    n_io = io_threads or n_io
     provenance = task.provenance()
 
     def fail(job: ScanJob, err: BaseException, timings: dict) -> None:

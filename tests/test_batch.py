@@ -183,3 +183,16 @@ def test_two_ranks_give_the_same_outputs_as_one(tmp_path, tiny_checkpoint):
         b = nib.load(str(tmp_path / "two" / f"s{i}_mr2ct.nii.gz"))
         np.testing.assert_allclose(a.get_fdata(), b.get_fdata(), atol=1e-3)
         np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_default_workers_split_the_cores():
+    import torch
+
+    from medgan.batch import default_workers
+
+    cores = torch.get_num_threads()
+    assert default_workers(torch.device("cpu"), n_scans=100)[:2] == (cores, 1)  # one scan per core
+    assert default_workers(torch.device("cpu"), n_scans=1)[:2] == (1, cores)  # one scan gets every core
+    assert default_workers(torch.device("cpu"), n_scans=100, workers=1)[:2] == (1, cores)
+    assert default_workers(torch.device("cuda"), n_scans=100)[:2] == (1, cores)
+    assert default_workers(torch.device("cpu"), n_scans=100)[2] >= 2
