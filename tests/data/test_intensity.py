@@ -39,3 +39,17 @@ def test_mean_scaling_and_errors():
         IntensityScaling(5, 5)
     with pytest.raises(ValueError):
         mean_scaling([])
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int8, np.uint16])
+def test_integer_percentiles_are_numpys_exactly(dtype):
+    from medgan.data.intensity import percentiles_of
+
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    for n in (1, 2, 7, 1001):
+        a = rng.integers(info.min, int(info.max) + 1, size=n).astype(dtype)
+        for q in ((0.5, 99.5), (0, 100), (50,), (33.3, 12.5)):
+            np.testing.assert_allclose(percentiles_of(a, q), np.percentile(a, q), rtol=1e-12, atol=1e-9)
+    vol = np.asfortranarray(rng.gamma(2, 100, size=(30, 20, 10)).astype(dtype))  # as nibabel hands it out
+    np.testing.assert_allclose(percentiles_of(vol, (0.5, 99.5)), np.percentile(vol, (0.5, 99.5)), rtol=1e-12)
