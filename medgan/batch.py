@@ -72,6 +72,8 @@ class VolumeTask(Protocol):
     name: str
     #: where ``run`` computes (chooses the number of model workers)
     device: Any
+    #: optional, default True: refuse NaN and constant volumes on reading (False for label maps)
+    # check_values: bool
 
     def prepare(self, volume: Volume) -> Any:
         """Voxels (the stored dtype, e.g. int16) -> the model's input; runs in reader threads."""
@@ -320,7 +322,8 @@ def run_batch(
     def load(job: ScanJob, timings: dict) -> tuple[Grid, Any]:
         with full_volumes:
             t0 = time.perf_counter()
-            vol = read_volume(job.source, series_uid=job.series_uid, as_float=False, max_voxels=max_voxels)
+            vol = read_volume(job.source, series_uid=job.series_uid, as_float=False, max_voxels=max_voxels,
+                              check_values=getattr(task, "check_values", True))
             prepared = task.prepare(vol)
             timings["read_s"] = round(time.perf_counter() - t0, 3)
             return vol.grid, prepared  # the voxels are not kept: memory stays bounded

@@ -311,11 +311,12 @@ def cvae_sample(
     deform: Optional[bool] = typer.Option(None, help="Deform the label maps (default: as configured)."),
     device: str = typer.Option("auto"),
 ) -> None:
-    """Write image/label pairs (NIfTI, on each label map's grid) and a dataset.json datalist."""
+    """Write image/label pairs (NIfTI, on each label map's grid) and a dataset.json datalist, as a
+    batch: a manifest makes a rerun skip finished label maps; a bad one is reported, the others go on."""
     try:
         from pipelines.cvae.sample import sample
 
-        path = sample(checkpoint, labels, n, output, seed, deform, device)
+        path = sample(checkpoint, labels, n, output, seed, deform, device, on_result=_show_result)
     except USER_ERRORS as err:
         _fail(err)
     out.print(f"datalist: {path}")

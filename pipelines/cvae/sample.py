@@ -1,25 +1,29 @@
 """Sampling labelled volumes from a trained CVAE, and their quality.
 
-``CVAESampler.sample_label_map`` draws ``n`` images for one label map, each from a randomly
-deformed copy of it (affine + elastic, nearest-neighbour on labels) unless ``deform=False``, and
-writes image/label pairs on the label map's own grid, labels in the domain's raw ids (so the
-datalist JSON it writes feeds the same pipelines as the real data, ``data: {msd: ...}``).
+:func:`sample` draws ``n`` images per label map, each from a randomly deformed copy of it (affine
++ elastic, nearest-neighbour on labels) unless ``deform=False``, and writes image/label pairs on
+the label map's own grid, labels in the domain's raw ids (so the datalist JSON it writes feeds the
+same pipelines as the real data, ``data: {msd: ...}``). It runs as a batch
+(:class:`CVAESampleTask` on :func:`medgan.batch.run_batch`), as ``medgan translate`` does for
+scans: manifest and resume, atomic outputs, sidecars, bad label maps reported.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.transforms import Rand3DElastic, RandAffine, SpatialPad
 
-from medgan.checkpoint import load_networks, open_checkpoint
+from medgan.batch import Manifest, plan_jobs, rank_device, run_batch
+from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import labels_to_input_grid, to_canonical, to_input_grid
-from medgan.io import Volume, read_label_map, strip_image_suffix, write_nifti
+from medgan.io import Grid, Volume, VolumeError, atomic_write_text, sha256_of
 from medgan.metrics import dice_per_class, intensity_stats_per_class
 from medgan.utils import resolve_device
 from pipelines.cvae.config import CVAEConfig, SampleConfig
@@ -72,41 +76,78 @@ class CVAESampler:
         sl = (slice(None), *[slice(0, s) for s in lab.shape[1:]])
         return img[0].cpu()[sl], torch.as_tensor(lab)
 
-    def sample_label_map(self, label_path: str | Path, n: int, output_dir: str | Path, seed: int = 0,
-                         cfg: SampleConfig | None = None) -> list[dict[str, str]]:
-        """Write ``n`` image/label pairs for one label map (on its grid); returns datalist entries."""
-        raw = read_label_map(label_path)
-        classes = self.pre.label_mapper(raw.array, raw.path).astype(np.float32)
-        can = to_canonical(Volume(classes, raw.affine, raw.path), self.config.train.spacing_mm, "nearest")
-        stem = strip_image_suffix(Path(label_path)).removesuffix("_labels")
-        out, entries = Path(output_dir), []
-        for k in range(n):
-            img, lab = self.sample_canonical(can.as_tensor(), seed + 1000 * k, cfg)
-            img_g = self.scaling.inverse(to_input_grid(img, can.affine, raw.affine, raw.array.shape, "bilinear")[0])
-            lab_g = labels_to_input_grid(lab[0], can.affine, raw.affine, raw.array.shape, np.int64)
-            name = f"{stem}_cvae{seed + k:04d}"
-            ip = write_nifti(out / f"{name}.nii.gz", img_g.astype(np.float32), raw.affine)
-            lp = write_nifti(out / f"{name}_labels.nii.gz", self.raw_id[lab_g].astype(np.int16), raw.affine)
-            entries.append({"image": ip.name, "label": lp.name})
-        return entries
-
 
 def write_datalist(entries: list[dict[str, str]], output_dir: str | Path) -> Path:
     """An MSD-style ``dataset.json`` (``training`` section, paths relative to it)."""
     path = Path(output_dir) / "dataset.json"
-    path.write_text(json.dumps({"name": "medgan CVAE samples", "training": entries}, indent=2))
+    atomic_write_text(path, json.dumps({"name": "medgan CVAE samples", "training": entries}, indent=2))
     return path
 
 
+class CVAESampleTask:
+    """:class:`medgan.batch.VolumeTask` drawing ``n`` image/label pairs per label map: prepare =
+    label map to class indices on the canonical grid, run = ``n`` deformed samples, finish = back
+    onto the label map's grid (image in the domain's units, labels in its raw ids)."""
+
+    name = "cvae"
+    check_values = False  # label maps: a constant map is the label mapper's to judge
+
+    def __init__(self, sampler: CVAESampler, n: int, seeds: dict[str, int], cfg: SampleConfig) -> None:
+        self.sampler, self.n, self.seeds, self.cfg = sampler, int(n), seeds, cfg
+        self.device = sampler.device
+
+    def prepare(self, volume: Volume):  # noqa: ANN201
+        if volume.array.dtype.kind == "f" and not np.array_equal(volume.array, np.round(volume.array)):
+            raise VolumeError(f"{volume.path}: a label map must hold whole numbers; found non-integer or NaN values")
+        classes = self.sampler.pre.label_mapper(volume.array, volume.path).astype(np.float32)
+        can = to_canonical(Volume(classes, volume.affine, volume.path), self.sampler.config.train.spacing_mm, "nearest")
+        return can, self.seeds[volume.path]
+
+    def run(self, prepared) -> list[tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+        can, seed = prepared
+        return [self.sampler.sample_canonical(can.as_tensor(), seed + 1000 * k, self.cfg) for k in range(self.n)]
+
+    def finish(self, grid: Grid, prepared, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
+        can, seed = prepared
+        s, arrays = self.sampler, {}
+        for k, (img, lab) in enumerate(result):
+            img_g = s.scaling.inverse(to_input_grid(img, can.affine, grid.affine, grid.shape, "bilinear")[0])
+            lab_g = labels_to_input_grid(lab[0], can.affine, grid.affine, grid.shape, np.int64)
+            arrays[f"{seed + k:04d}"] = (img_g, np.float32)
+            arrays[f"{seed + k:04d}_labels"] = (s.raw_id[lab_g], np.int16)
+        return arrays
+
+    def provenance(self) -> dict:
+        s = self.sampler
+        return {"checkpoint": str(s.folder.resolve()), "checkpoint_sha256": sha256_of(s.folder / WEIGHTS),
+                "config": s.config.model_dump(mode="json"), "samples_per_label_map": self.n,
+                "sample": self.cfg.model_dump(mode="json"), "domain": s.config.domain.name}
+
+
 def sample(checkpoint: str | Path, labels: list[str | Path], n: int, output_dir: str | Path, seed: int = 0,
-           deform: bool | None = None, device: str = "auto") -> Path:
-    """Sample ``n`` pairs per label map; returns the datalist JSON path."""
-    sampler = CVAESampler(checkpoint, device)
+           deform: bool | None = None, device: str = "auto", on_result=None) -> Path:  # noqa: ANN001
+    """Sample ``n`` pairs per label map into ``output_dir`` through :func:`medgan.batch.run_batch`
+    (background reading and writing, manifest and resume, atomic outputs, sidecars, torchrun
+    sharding); the pairs of label map ``i`` use seeds ``seed + 100000 i + 1000 k``. Returns the
+    ``dataset.json`` listing every pair in the folder's manifest.
+
+    Raises:
+        VolumeError: some label maps failed (the others' pairs and the datalist are written).
+    """
+    sampler = CVAESampler(checkpoint, rank_device(device))
     cfg = sampler.config.sample if deform is None else sampler.config.sample.model_copy(update={"deform": deform})
+    jobs = [replace(j, stem=j.stem.removesuffix("_labels")) for j in plan_jobs(list(labels))]
+    seeds = {str(j.source): seed + 100_000 * i for i, j in enumerate(jobs)}
+    report = run_batch(CVAESampleTask(sampler, n, seeds, cfg), jobs, output_dir, on_result=on_result)
     entries = []
-    for i, lab in enumerate(labels):
-        entries += sampler.sample_label_map(lab, n, output_dir, seed=seed + 100_000 * i, cfg=cfg)
-    return write_datalist(entries, output_dir)
+    for rec in Manifest(Path(output_dir), 0, 1).records().values():
+        if rec.get("status") == "done":
+            images = sorted(o for o in rec["outputs"] if o.endswith(".nii.gz") and not o.endswith("_labels.nii.gz"))
+            entries += [{"image": im, "label": im.replace(".nii.gz", "_labels.nii.gz")} for im in images]
+    path = write_datalist(entries, output_dir)
+    if report.failed:
+        raise VolumeError("; ".join(report.failed.values()))
+    return path
 
 
 def sample_quality(images: list[np.ndarray], labels: list[np.ndarray], real_images: list[np.ndarray],

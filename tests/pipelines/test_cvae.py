@@ -110,3 +110,22 @@ def test_tiny_run_on_real_abdominal_mr(tmp_path):
     cfg = config(tmp_path, folder=DATA_DIR / "abdomen/mr", classmap=cm, space="total_mr", spacing=3)
     report = run_augmentation(cfg)
     assert report["synthetic_pairs"] == 2 and "real only" in report["heldout_dice_mean"]
+
+
+def test_sampling_batch_goes_past_a_bad_label_map_and_resumes(tmp_path, cvae_checkpoint):
+    import json
+
+    from medgan.io import VolumeError
+
+    good = PHANTOM / "mr/phantom-mr-01_labels.nii.gz"
+    bad = tmp_path / "bad_labels.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((20, 20, 12), 77, np.int16), np.eye(4)), str(bad))
+    out = tmp_path / "o"
+    with pytest.raises(VolumeError, match="label ids"):
+        sample(cvae_checkpoint, [bad, good], 1, out, seed=2)
+    entries = json.loads((out / "dataset.json").read_text())["training"]
+    assert len(entries) == 1 and (out / entries[0]["image"]).is_file() and (out / entries[0]["label"]).is_file()
+    before = (out / entries[0]["image"]).stat().st_mtime_ns
+    path = sample(cvae_checkpoint, [good], 1, out, seed=2)  # finished label maps are skipped
+    assert (out / entries[0]["image"]).stat().st_mtime_ns == before
+    assert json.loads(path.read_text())["training"] == entries
