@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from monai.inferers import SlidingWindowInferer
 
+from medgan.utils import resolve_device
+
 logger = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters (malloc.h)
@@ -49,6 +51,20 @@ def reuse_freed_memory() -> bool:
         return False
     _allocator_tuned = ok
     return ok
+
+
+def inference_device(device: str = "auto") -> torch.device:
+    """The device a model loaded for inference runs on (``"auto"``: CUDA when present). On CPU
+    this also calls :func:`reuse_freed_memory`, before the model's networks allocate anything,
+    so that every thread that later runs them shares the tuned allocator.
+
+    Raises:
+        ValueError: CUDA requested but not available.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        reuse_freed_memory()
+    return dev
 
 
 _fitted: dict[tuple[int, tuple[int, ...], str], int] = {}

@@ -14,10 +14,9 @@ import torch
 from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.transforms import labels_to_input_grid
-from medgan.inference import reuse_freed_memory, sliding_window
+from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, read_label_map, read_volume, sha256_of
 from medgan.metrics import dice_per_class
-from medgan.utils import resolve_device
 from pipelines.adda.config import AddaConfig
 from pipelines.adda.trainer import PIPELINE, build_adda_networks
 from pipelines.data_config import domain_preprocessor
@@ -32,9 +31,7 @@ class AddaSegmenter:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, AddaConfig)
-        self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            reuse_freed_memory()  # before the networks allocate: see medgan.inference
+        self.device = inference_device(device)  # before the networks allocate (allocator tuning)
         self.nets = build_adda_networks(self.config)
         load_networks(self.folder, dict(self.nets.items()))
         self.nets.to(self.device).eval()

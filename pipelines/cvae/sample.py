@@ -23,9 +23,9 @@ from medgan.batch import Manifest, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import labels_to_input_grid, to_canonical, to_input_grid
+from medgan.inference import inference_device
 from medgan.io import Grid, Volume, VolumeError, atomic_write_text, sha256_of
 from medgan.metrics import dice_per_class, intensity_stats_per_class
-from medgan.utils import resolve_device
 from pipelines.cvae.config import CVAEConfig, SampleConfig
 from pipelines.cvae.trainer import PIPELINE, build_cvae
 from pipelines.data_config import domain_preprocessor
@@ -50,7 +50,7 @@ class CVAESampler:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, CVAEConfig)
-        self.device = resolve_device(device)
+        self.device = inference_device(device)  # before the networks allocate (allocator tuning)
         self.model = build_cvae(self.config)
         load_networks(self.folder, {"CVAE": self.model})
         self.model.to(self.device).eval()

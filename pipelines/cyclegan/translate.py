@@ -19,13 +19,11 @@ from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_ba
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
-from medgan.inference import reuse_freed_memory, sliding_window
+from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
-from medgan.utils import resolve_device
 from pipelines.cyclegan.config import CycleGANConfig
 from pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
 from pipelines.cyclegan.trainer import domain_preprocessor
-
 
 
 @dataclass
@@ -52,9 +50,7 @@ class Translator:
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, CycleGANConfig)
         self.names = NetNames.of(self.config)
-        self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            reuse_freed_memory()  # before the networks allocate: see medgan.inference
+        self.device = inference_device(device)  # before the networks allocate (allocator tuning)
         self.nets = build_networks(self.config)
         load_networks(self.folder, dict(self.nets.items()))
         self.nets.to(self.device).eval()
