@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from medgan.io import creation_mode
+
 WEIGHTS = "weights.safetensors"
 STATE = "training_state.pt"
 CONFIG = "config.yaml"
@@ -40,6 +42,7 @@ def save_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        tmp.chmod(creation_mode(directory=True))  # not mkdtemp's 0700
         tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, net in networks.items() for k, v in net.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS))
         if training_state is not None:

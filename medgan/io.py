@@ -313,6 +313,31 @@ def _read_dicom_series(folder: Path, series_uid: str | None, max_voxels: int | N
     return array, _itk_to_ras_affine(img)
 
 
+def creation_mode(directory: bool = False) -> int:
+    """The permissions a plainly created file (0666) or folder (0777) gets under the process's
+    umask. ``tempfile.mkstemp``/``mkdtemp`` make them 0600/0700 and a rename keeps that, so an
+    atomically written output in a shared study folder would be unreadable to the rest of the
+    group: temporaries are given this mode before the rename. The umask is read from
+    ``/proc/self/status`` (``os.umask`` can only be read by setting it, which would race with
+    other threads creating files); 022 where that is not available."""
+    mask = 0o022
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                mask = int(line.split()[1], 8)
+    except OSError:
+        pass
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def _temporary_beside(out: Path, suffix: str = "") -> tuple[int, str]:
+    """A new temporary file in ``out``'s folder, named ``.{name}.partial-*``, with the permissions
+    of a plainly created file (:func:`creation_mode`)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", suffix=suffix, dir=out.parent)
+    os.fchmod(fd, creation_mode())
+    return fd, tmp
+
+
 def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, *, dtype: type | None = None) -> Path:
     """Write ``array`` with ``affine`` (RAS, mm) as NIfTI, atomically (temporary name, then rename).
 
@@ -330,7 +355,7 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, 
     img.set_sform(affine, code=1)
     suffix = image_suffix(out) if image_suffix(out) in NIFTI_SUFFIXES else ".nii.gz"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", suffix=suffix, dir=out.parent)
+        fd, tmp = _temporary_beside(out, suffix)
         os.close(fd)
     except OSError as err:
         raise VolumeError(f"{out}: cannot write to {out.parent} ({err})") from err
@@ -352,7 +377,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically (temporary name in the same folder, then rename)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+    fd, tmp = _temporary_beside(out)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -181,3 +181,27 @@ def test_integer_voxels_kept_on_request(tmp_path):
     scaled = read_volume(tmp_path / "scaled.nii.gz", as_float=False).array
     assert scaled.dtype == np.float32
     np.testing.assert_allclose(scaled, arr * 0.5 - 10)
+
+
+def test_atomic_outputs_get_the_permissions_of_a_plain_file(tmp_path):
+    """Temporaries are made 0600 by mkstemp; the renamed output must get 0666 & ~umask like any
+    other file, and a checkpoint folder 0777 & ~umask, or a shared study folder is unreadable."""
+    import os
+    import stat
+
+    from medgan.checkpoint import save_checkpoint
+    from medgan.io import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        img = write_nifti(tmp_path / "y.nii.gz", _vol(), np.eye(4))
+        txt = atomic_write_text(tmp_path / "y.json", "{}")
+        ckpt = save_checkpoint(tmp_path / "ckpt", {}, {}, "a: 1\n")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o640
+    assert stat.S_IMODE(img.stat().st_mode) == 0o640
+    assert stat.S_IMODE(txt.stat().st_mode) == 0o640
+    assert stat.S_IMODE(ckpt.stat().st_mode) == 0o750
