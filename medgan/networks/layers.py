@@ -3,6 +3,8 @@ and a faster CPU form of few-output-channel 3D convolutions."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
@@ -51,17 +53,27 @@ class SelfAttention(nn.Module):
         return x + self.gamma * self.v(o)
 
 
-class DepthTapConv3d(nn.Conv3d):
-    """``nn.Conv3d`` (same arguments, parameters and state dict) that, on CPU, computes the
-    convolution as ``kernel_size[0]`` convolutions with ``(1, kh, kw)`` kernels, one group of
-    output channels per depth tap, summed with a shift along depth. The result is the same up to
-    float rounding; gradients flow as usual.
+def _cpu_vector_channels() -> int:
+    """float32 lanes of the CPU's widest vectors that torch uses: oneDNN blocks convolution output
+    channels by this many, so a convolution with fewer output channels costs as much as one with
+    this many."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
-    Why: oneDNN, torch's CPU convolution, runs a 16 -> 1 channel 7x7x7 convolution no faster than
-    16 -> 16 (0.22 s for four 64x64x32 windows on 2 cores, both), so the one-channel output layer
-    took 40 % of the CycleGAN generator's CPU time; split by depth it takes 0.03-0.06 s. Only
-    stride 1, dilation 1, one group and explicit padding take this path; anything else, and any
-    other device, runs the plain convolution.
+
+class DepthTapConv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same arguments, parameters and state dict) that, on CPU, computes a
+    few-output-channel convolution as one convolution with ``(1, kh, kw / s)`` kernels whose
+    output channels are the ``kernel_size[0]`` depth taps times ``s`` pieces of the kernel's width,
+    summed with shifts along depth and width. The result is the same up to float rounding;
+    gradients flow as usual.
+
+    Why: oneDNN, torch's CPU convolution, computes output channels in blocks of 16 (AVX-512; 8 on
+    AVX2), so a 16 -> 1 channel 7x7x7 convolution costs as much as 16 -> 16: it took 40 % of the
+    CycleGAN generator's CPU time. Split into 7 depth taps x 2 width pieces (14 channels, one
+    block) it costs a sixth: for a 16-channel 64x64x32 window on one thread, 96 ms plain, 17 ms
+    split by depth only, 11-12 ms split by depth and width (``benchmarks/bench_generator.py``).
+    Only stride 1, dilation 1, one group and explicit padding take this path; anything else, and
+    any other device, runs the plain convolution.
 
     Forward: ``(B, C_in, D, H, W)`` -> ``(B, C_out, D', H', W')`` as ``nn.Conv3d``.
     """
@@ -74,15 +86,61 @@ class DepthTapConv3d(nn.Conv3d):
             x = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         else:
             x = F.pad(input, self._reversed_padding_repeated_twice)
-        taps, cout = self.kernel_size[0], self.out_channels
-        # (C_out, C_in, kd, kh, kw) -> (kd * C_out, C_in, 1, kh, kw): channel t * C_out + o is tap t of output o
-        w = weight.permute(2, 0, 1, 3, 4).reshape(taps * cout, weight.shape[1], 1, *weight.shape[3:])
-        z = F.conv3d(x, w)
-        depth = z.shape[2] - (taps - 1)
-        y = z[:, :cout, :depth].clone()
-        for t in range(1, taps):
-            y += z[:, t * cout:(t + 1) * cout, t:t + depth]
+        cout, cin, taps, kh, kw = weight.shape
+        pieces = max(1, min(kw, _cpu_vector_channels() // (taps * cout)))
+        width = -(-kw // pieces)  # of each piece; the last is zero-padded to it
+        extra = pieces * width - kw
+        if extra:
+            weight = F.pad(weight, (0, extra))
+            x = F.pad(x, (0, extra))  # read only by the zero weights
+        # (C_out, C_in, kd, kh, s * q) -> (kd * s * C_out, C_in, 1, kh, q): channel (t * s + p) * C_out + o is
+        # depth tap t, width piece p, of output o
+        w = weight.view(cout, cin, taps, kh, pieces, width).permute(2, 4, 0, 1, 3, 5)
+        z = F.conv3d(x, w.reshape(taps * pieces * cout, cin, 1, kh, width))
+        depth, cols = z.shape[2] - (taps - 1), z.shape[4] - (pieces - 1) * width
+        y = z[:, :cout, :depth, :, :cols].clone()
+        for t in range(taps):
+            for p in range(pieces):
+                if t or p:
+                    c = (t * pieces + p) * cout
+                    y += z[:, c:c + cout, t:t + depth, :, p * width:p * width + cols]
         return y if bias is None else y + bias.view(1, -1, 1, 1, 1)
+
+
+class InstanceNorm3dCPU(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` (same arguments, parameters and state dict; Ulyanov, Vedaldi &
+    Lempitsky, "Instance Normalization", arXiv 1607.08022, Eq. 4: ``(x - mean) / sqrt(var + eps)``
+    per sample and channel, biased variance, then the affine ``weight``/``bias``) that, on CPU
+    when no gradient is needed, computes the statistics in two passes (mean, then the sum and
+    the squared sum of the deviations, which also corrects the mean's rounding) and normalises
+    in place.
+
+    Why: torch's CPU instance norm goes through its batch-norm statistics kernel, which runs at a
+    third of memory speed here: 2.7 ms for a 16-channel 64x64x32 window on one thread, 0.8 ms in
+    this form, about 8 % of the CycleGAN generator's time. Two passes keep the variance exact to
+    float rounding (no ``E[x^2] - E[x]^2`` cancellation of the raw values). Training, running statistics, other
+    devices and non-contiguous inputs take torch's own path.
+
+    Forward: ``(B, C, D, H, W)`` -> same shape.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        need_grad = torch.is_grad_enabled() and (
+            input.requires_grad or (self.weight is not None and self.weight.requires_grad))
+        if (input.device.type != "cpu" or need_grad or self.track_running_stats or input.dim() != 5
+                or not input.is_contiguous() or input.dtype != torch.float32):
+            return super().forward(input)
+        b, c = input.shape[:2]
+        x = input.reshape(b * c, -1)
+        n = x.shape[1]
+        d = x - x.mean(1, keepdim=True)
+        residual = d.sum(1) / n  # the float32 mean's rounding error, corrected below
+        scale = torch.rsqrt(torch.linalg.vecdot(d, d) / n - residual * residual + self.eps)
+        shift = -residual * scale
+        if self.affine:
+            scale = scale * self.weight.repeat(b)
+            shift = shift * self.weight.repeat(b) + self.bias.repeat(b)
+        return d.mul_(scale.unsqueeze(1)).add_(shift.unsqueeze(1)).view_as(input)
 
 
 # how the three taps (offsets -1, 0, +1) of a 3-wide kernel fall on low-resolution voxels after
@@ -98,11 +156,12 @@ class UpsampleConv3d(nn.Conv3d):
     After nearest upsampling each output voxel's 3x3x3 neighbourhood covers only 2x2x2 distinct
     input voxels, so each of the 8 output phases is a 2x2x2 convolution of the input with summed
     weights (the "resize-convolution as sub-pixel convolution" identity): 8 x 8 instead of 27
-    taps per output voxel, and no upsampled copy. Reflect padding at the high resolution equals
-    replicate padding at the low one. On CPU (one thread), for the CycleGAN generator's last
-    upsampling (32 -> 16 channels onto 64x64x32) this takes 9.4 ms instead of 21.1 ms; for the
-    one before (64 -> 32 onto 32x32x16) it is slower (10.0 vs 8.5 ms: oneDNN runs 2x2x2 kernels
-    at a third of its 3x3x3 speed), so the generator uses it for the full-resolution one only.
+    taps per output voxel, and no upsampled copy. The 8 phases run as one convolution with
+    ``8 * C_out`` output channels (phase ``(a, b, c)`` is its output shifted by ``(a, b, c)``),
+    written interleaved into the output. Reflect padding at the high resolution equals replicate
+    padding at the low one. On CPU (one thread), for the CycleGAN generator's upsamplings:
+    64 -> 32 channels onto 32x32x16, 3.4 ms instead of 9.1 ms; 32 -> 16 onto 64x64x32, 7.4 ms
+    instead of 22 ms.
 
     Forward: ``(B, C_in, D, H, W)`` -> ``(B, C_out, 2D, 2H, 2W)``. On other devices, or other
     configurations (kernel, stride, padding mode), it upsamples and convolves plainly.
@@ -114,13 +173,13 @@ class UpsampleConv3d(nn.Conv3d):
                 or self.padding_mode != "reflect"):
             return super().forward(F.interpolate(input, scale_factor=2, mode="nearest"))
         b, _, d, h, w = input.shape
-        x = F.pad(input, (1, 1, 1, 1, 1, 1), mode="replicate")
+        co = self.out_channels
         taps = _PHASE_TAPS.to(self.weight)
-        phases = []
-        for pd in (0, 1):
-            for ph in (0, 1):
-                for pw in (0, 1):
-                    k = torch.einsum("xi,yj,zk,ocijk->ocxyz", taps[pd], taps[ph], taps[pw], self.weight)
-                    phases.append(F.conv3d(x[:, :, pd:pd + d + 1, ph:ph + h + 1, pw:pw + w + 1], k, self.bias))
-        y = torch.stack(phases, 2).view(b, self.out_channels, 2, 2, 2, d, h, w)
-        return y.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, self.out_channels, 2 * d, 2 * h, 2 * w)
+        # (2, 2, 2, C_out, C_in, 2, 2, 2): the 2x2x2 kernel of each phase
+        k = torch.einsum("axi,byj,czk,onijk->abconxyz", taps, taps, taps, self.weight)
+        bias = None if self.bias is None else self.bias.repeat(8)
+        z = F.conv3d(F.pad(input, (1, 1, 1, 1, 1, 1), mode="replicate"), k.reshape(8 * co, -1, 2, 2, 2), bias)
+        y = input.new_empty(b, co, d, 2, h, 2, w, 2)
+        for i, (pd, ph, pw) in enumerate(itertools.product((0, 1), repeat=3)):
+            y[:, :, :, pd, :, ph, :, pw] = z[:, i * co:(i + 1) * co, pd:pd + d, ph:ph + h, pw:pw + w]
+        return y.view(b, co, 2 * d, 2 * h, 2 * w)

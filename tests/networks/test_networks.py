@@ -53,7 +53,7 @@ def _plain_generator(g: ResnetGenerator) -> ResnetGenerator:
 
     from torch import nn
 
-    from medgan.networks.layers import DepthTapConv3d, UpsampleConv3d
+    from medgan.networks.layers import DepthTapConv3d, InstanceNorm3dCPU, UpsampleConv3d
 
     ref = copy.deepcopy(g)
     for i, layer in enumerate(ref.model):
@@ -62,17 +62,22 @@ def _plain_generator(g: ResnetGenerator) -> ResnetGenerator:
     for m in ref.modules():
         if isinstance(m, (DepthTapConv3d, UpsampleConv3d)):
             m.__class__ = nn.Conv3d
+        elif isinstance(m, InstanceNorm3dCPU):
+            m.__class__ = nn.InstanceNorm3d
     return ref
 
 
 def test_cpu_fast_paths_give_the_textbook_generator():
-    """The depth-split output convolution and the sub-pixel upsampling convolution compute the
-    same function, with the same parameters, as upsample + conv and a plain Conv3d."""
+    """The depth-split output convolution, the sub-pixel upsampling convolution and the CPU
+    instance norm compute the same function, with the same parameters, as upsample + conv, a
+    plain Conv3d and nn.InstanceNorm3d: in inference and in training (values and gradients)."""
     torch.manual_seed(0)
     g = ResnetGenerator(3, 1, 1, ngf=8, n_res_blocks=2)
     ref = _plain_generator(g)
     assert g.state_dict().keys() == ref.state_dict().keys()
     x = torch.randn(2, 1, 20, 18, 13)
+    with torch.inference_mode():
+        torch.testing.assert_close(g(x), ref(x), atol=2e-5, rtol=1e-4)
     y, y_ref = g(x), ref(x)
     torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
     (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
@@ -108,3 +113,34 @@ def test_upsample_conv_equals_upsample_then_conv():
     y = conv(x)
     assert y.shape == (2, 4, 10, 14, 6)
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_cpu_instance_norm_equals_torch(affine):
+    import copy
+
+    """Same values as nn.InstanceNorm3d in float64 without gradients, also for channels far from
+    zero mean (a one-pass E[x^2] - E[x]^2 would lose digits there; torch's float32 kernel is off
+    by 1e-3 on the second channel); with gradients it is torch's own."""
+    from torch import nn
+
+    from medgan.networks.layers import InstanceNorm3dCPU
+
+    torch.manual_seed(3)
+    norm = InstanceNorm3dCPU(5, affine=affine)
+    ref = nn.InstanceNorm3d(5, affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-1.0, 1.0)
+        ref.load_state_dict(norm.state_dict())
+    assert norm.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(3, 5, 9, 10, 11) * torch.tensor([1.0, 0.01, 5.0, 1.0, 2.0]).view(1, 5, 1, 1, 1) + torch.tensor(
+        [0.0, 300.0, -20.0, 1.0, 1000.0]).view(1, 5, 1, 1, 1)
+    with torch.no_grad():
+        y = norm(x)
+        exact = copy.deepcopy(ref).double()(x.double()).float()
+    torch.testing.assert_close(y, exact, atol=2e-6, rtol=1e-6)
+    assert not torch.equal(y, x)
+    x.requires_grad_(True)
+    torch.testing.assert_close(norm(x), ref(x))
