@@ -224,7 +224,9 @@ def _read_nifti(p: Path, max_voxels: int | None = None) -> tuple[np.ndarray, np.
     if image_suffix(p) == ".nii.gz" and _igzip is not None:
         with _igzip.open(p, "rb") as raw:
             f = _ChunkedReadinto(raw)
-            img = nib.Nifti1Image.from_file_map({"header": nib.FileHolder(fileobj=f), "image": nib.FileHolder(fileobj=f)})
+            # mmap=False: numpy.memmap would first seek to the end of the stream to learn its size,
+            # decompressing the whole file once before the real read (0.25 s for a 512x512x275 CT)
+            img = nib.Nifti1Image.from_file_map({"header": nib.FileHolder(fileobj=f), "image": nib.FileHolder(fileobj=f)}, mmap=False)
             _check_size(p, img.shape, max_voxels)
             return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
     img = nib.load(str(p))

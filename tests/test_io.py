@@ -205,3 +205,40 @@ def test_atomic_outputs_get_the_permissions_of_a_plain_file(tmp_path):
     assert stat.S_IMODE(img.stat().st_mode) == 0o640
     assert stat.S_IMODE(txt.stat().st_mode) == 0o640
     assert stat.S_IMODE(ckpt.stat().st_mode) == 0o750
+
+
+def test_gzip_nifti_is_decompressed_once(tmp_path, monkeypatch):
+    """The compressed file is read once: nibabel's default memory-mapping attempt would seek to
+    the end of the gzip stream first, decompressing the whole volume twice."""
+    import builtins
+
+    import medgan.io as mio
+
+    if mio._igzip is None:
+        pytest.skip("isal is not installed: nibabel's own gzip reader is used")
+    arr = RNG.integers(-1000, 1000, size=(40, 30, 20), dtype=np.int16)
+    path = write_nifti(tmp_path / "x.nii.gz", arr, np.eye(4))
+    read_bytes = []
+    real_open = builtins.open
+
+    class Counting:
+        def __init__(self, f):
+            self._f = f
+
+        def read(self, n=-1):
+            data = self._f.read(n)
+            read_bytes.append(len(data))
+            return data
+
+        def readinto(self, b):
+            n = self._f.readinto(b)
+            read_bytes.append(n)
+            return n
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+    monkeypatch.setattr(mio._igzip, "open", lambda p, mode="rb": mio._igzip.IGzipFile(fileobj=Counting(real_open(p, mode))))
+    v = read_volume(path, as_float=False)
+    np.testing.assert_array_equal(v.array, arr)
+    assert sum(read_bytes) <= path.stat().st_size
