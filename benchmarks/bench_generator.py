@@ -1,6 +1,6 @@
 """CycleGAN generator forward time per sliding window on CPU: medgan's layers against the
-textbook ones (nn.Upsample + nn.Conv3d, plain one-channel output convolution) with the same
-weights (not a test).
+textbook ones (nn.Upsample + nn.Conv3d, plain one-channel output convolution, nn.InstanceNorm3d)
+with the same weights (not a test).
 
     .venv/bin/python benchmarks/bench_generator.py [--roi 64 64 32] [--repeats 10]
 

@@ -87,15 +87,18 @@ def test_cpu_fast_paths_give_the_textbook_generator():
         assert (p.grad - p_ref.grad).abs().max().item() <= 1e-4 * scale + 1e-4, name  # float32 sums
 
 
-@pytest.mark.parametrize("padding_mode, cout", [("reflect", 1), ("zeros", 3)])
-def test_depth_tap_conv_equals_conv3d(padding_mode, cout):
+@pytest.mark.parametrize("padding_mode, cout, kernel", [("reflect", 1, 7), ("zeros", 3, 7), ("replicate", 1, 5), ("reflect", 2, 3)])
+@pytest.mark.parametrize("lanes", [8, 16])  # AVX2 and AVX-512 blocking: 1, 2 or 3 width pieces
+def test_depth_tap_conv_equals_conv3d(padding_mode, cout, kernel, lanes, monkeypatch):
     from torch import nn
 
+    import medgan.networks.layers as layers
     from medgan.networks.layers import DepthTapConv3d
 
+    monkeypatch.setattr(layers, "_cpu_vector_channels", lambda: lanes)
     torch.manual_seed(1)
-    conv = DepthTapConv3d(5, cout, 7, padding=3, padding_mode=padding_mode)
-    ref = nn.Conv3d(5, cout, 7, padding=3, padding_mode=padding_mode)
+    conv = DepthTapConv3d(5, cout, kernel, padding=kernel // 2, padding_mode=padding_mode)
+    ref = nn.Conv3d(5, cout, kernel, padding=kernel // 2, padding_mode=padding_mode)
     ref.load_state_dict(conv.state_dict())
     x = torch.randn(2, 5, 9, 11, 8)
     torch.testing.assert_close(conv(x), ref(x), atol=1e-4, rtol=1e-4)
