@@ -124,6 +124,7 @@ def main() -> None:
         for name, code in (("naive", NAIVE), ("medgan", OURS), ("naive_again", NAIVE), ("medgan_again", OURS)):
             out = t / name
             out.mkdir()
+            os.sync()  # the previous run's outputs are on disk: its writeback does not slow this one
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
             res = subprocess.run([sys.executable, "-c", code, str(ckpt), str(out), *map(str, scans)], cwd=ROOT,
                                  capture_output=True, text=True, env=env)
