@@ -3,6 +3,7 @@ and a faster CPU form of few-output-channel 3D convolutions."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -53,6 +54,7 @@ class SelfAttention(nn.Module):
         return x + self.gamma * self.v(o)
 
 
+@functools.cache
 def _cpu_vector_channels() -> int:
     """float32 lanes of the CPU's widest vectors that torch uses: oneDNN blocks convolution output
     channels by this many, so a convolution with fewer output channels costs as much as one with
