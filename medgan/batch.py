@@ -388,8 +388,11 @@ def run_batch(
         pending.append(writers.submit(write, job, grid, prepared, result, timings))
 
     # Python's cyclic GC would re-traverse the hundreds of thousands of objects of torch, MONAI and
-    # the networks at each full collection (1 % of a CPU batch's time); frozen, they are skipped
-    gc.freeze()
+    # the networks at each full collection (1 % of a CPU batch's time); frozen, they are skipped.
+    # A caller that froze objects itself keeps its own setting (unfreeze would release them too).
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
     try:
         for job in mine:
             while len(inflight) >= n_workers + max(0, prefetch):
@@ -403,5 +406,6 @@ def run_batch(
     finally:
         for pool in (readers, models, writers):
             pool.shutdown(wait=True, cancel_futures=True)
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
     return report

@@ -196,3 +196,21 @@ def test_default_workers_split_the_cores():
     assert default_workers(torch.device("cpu"), n_scans=100, workers=1)[:2] == (1, cores)
     assert default_workers(torch.device("cuda"), n_scans=100)[:2] == (1, cores)
     assert default_workers(torch.device("cpu"), n_scans=100)[2] >= 2
+
+
+def test_batch_leaves_the_callers_gc_as_it_was(tmp_path, tiny_checkpoint):
+    """run_batch freezes the GC's objects while it runs; afterwards nothing it froze stays
+    frozen, and objects the caller froze itself stay frozen."""
+    import gc
+
+    scan = str(_scan(tmp_path / "in" / "s.nii.gz", 0))
+    assert gc.get_freeze_count() == 0
+    translate(tiny_checkpoint, [scan], tmp_path / "a", "mr2ct", device="cpu")
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        translate(tiny_checkpoint, [scan], tmp_path / "b", "mr2ct", device="cpu")
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
