@@ -64,9 +64,11 @@ def paired_metrics(sct_hu: np.ndarray, ct_hu: np.ndarray, mask: np.ndarray | Non
     lo, hi = HU_RANGE
     a, b = np.clip(sct_hu, lo, hi).astype(np.float64), np.clip(ct_hu, lo, hi).astype(np.float64)
     rng = hi - lo
+    with np.errstate(divide="ignore"):  # identical volumes: PSNR is +inf, not a warning
+        psnr = float(peak_signal_noise_ratio(b, a, data_range=rng))
     return {
         "mae_hu": float(np.abs(sct_hu[mask] - ct_hu[mask]).mean()),
-        "psnr_db": float(peak_signal_noise_ratio(b, a, data_range=rng)),
+        "psnr_db": psnr,
         "ssim": float(structural_similarity(b, a, data_range=rng)),
         "body_voxels": int(mask.sum()),
     }
