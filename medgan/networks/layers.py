@@ -1,5 +1,6 @@
 """Layers for any ``spatial_dims``: spectral normalisation of a whole network, self-attention,
-and a faster CPU form of few-output-channel 3D convolutions."""
+and faster CPU forms (same function, parameters and state dict) of 3D few-output-channel
+convolutions, upsample+conv and instance norm."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class DepthTapConv3d(nn.Conv3d):
     AVX2), so a 16 -> 1 channel 7x7x7 convolution costs as much as 16 -> 16: it took 40 % of the
     CycleGAN generator's CPU time. Split into 7 depth taps x 2 width pieces (14 channels, one
     block) it costs a sixth: for a 16-channel 64x64x32 window on one thread, 96 ms plain, 17 ms
-    split by depth only, 11-12 ms split by depth and width (``benchmarks/bench_generator.py``).
+    split by depth only, 12-13 ms split by depth and width (``benchmarks/bench_generator.py``).
     Only stride 1, dilation 1, one group and explicit padding take this path; anything else, and
     any other device, runs the plain convolution.
 
@@ -118,10 +119,11 @@ class InstanceNorm3dCPU(nn.InstanceNorm3d):
     in place.
 
     Why: torch's CPU instance norm goes through its batch-norm statistics kernel, which runs at a
-    third of memory speed here: 2.7 ms for a 16-channel 64x64x32 window on one thread, 0.8 ms in
-    this form, about 8 % of the CycleGAN generator's time. Two passes keep the variance exact to
-    float rounding (no ``E[x^2] - E[x]^2`` cancellation of the raw values). Training, running statistics, other
-    devices and non-contiguous inputs take torch's own path.
+    third of memory speed here: 2.6 ms for a 16-channel 64x64x32 window on one thread, 1.0 ms in
+    this form; about 8 % of the CycleGAN generator's time was spent there. Two passes keep the
+    variance exact to float rounding (no ``E[x^2] - E[x]^2`` cancellation of the raw values).
+    Training, running statistics, other devices, other dtypes and non-contiguous inputs take
+    torch's own path.
 
     Forward: ``(B, C, D, H, W)`` -> same shape.
     """
