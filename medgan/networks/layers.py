@@ -131,20 +131,27 @@ class InstanceNorm3dCPU(nn.InstanceNorm3d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         need_grad = torch.is_grad_enabled() and (
             input.requires_grad or (self.weight is not None and self.weight.requires_grad))
+        channels_last = input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d)
         if (input.device.type != "cpu" or need_grad or self.track_running_stats or input.dim() != 5
-                or not input.is_contiguous() or input.dtype != torch.float32):
+                or not (input.is_contiguous() or channels_last) or input.dtype != torch.float32):
             return super().forward(input)
         b, c = input.shape[:2]
-        x = input.reshape(b * c, -1)
-        n = x.shape[1]
-        d = x - x.mean(1, keepdim=True)
-        residual = d.sum(1) / n  # the float32 mean's rounding error, corrected below
-        scale = torch.rsqrt(torch.linalg.vecdot(d, d) / n - residual * residual + self.eps)
+        if channels_last and not input.is_contiguous():  # (B, D, H, W, C) in memory: reduce over dim 1 of (B, N, C)
+            x, dim = input.permute(0, 2, 3, 4, 1).reshape(b, -1, c), 1
+        else:
+            x, dim = input.reshape(b, c, -1), 2
+        n = x.shape[dim]
+        d = x - x.mean(dim, keepdim=True)
+        residual = d.sum(dim) / n  # the float32 mean's rounding error, corrected below
+        squares = torch.linalg.vecdot(d, d) if dim == 2 else (d * d).sum(dim)  # vecdot only along the last dim is fast
+        scale = torch.rsqrt(squares / n - residual * residual + self.eps)  # (B, C)
         shift = -residual * scale
         if self.affine:
-            scale = scale * self.weight.repeat(b)
-            shift = shift * self.weight.repeat(b) + self.bias.repeat(b)
-        return d.mul_(scale.unsqueeze(1)).add_(shift.unsqueeze(1)).view_as(input)
+            scale, shift = scale * self.weight, shift * self.weight + self.bias
+        d.mul_(scale.unsqueeze(dim)).add_(shift.unsqueeze(dim))
+        if dim == 1:
+            return d.view(b, *input.shape[2:], c).permute(0, 4, 1, 2, 3)
+        return d.view_as(input)
 
 
 # how the three taps (offsets -1, 0, +1) of a 3-wide kernel fall on low-resolution voxels after
@@ -176,6 +183,7 @@ class UpsampleConv3d(nn.Conv3d):
                 or self.padding != (1, 1, 1) or self.dilation != (1, 1, 1) or self.groups != 1
                 or self.padding_mode != "reflect"):
             return super().forward(F.interpolate(input, scale_factor=2, mode="nearest"))
+        input = input.contiguous()  # the interleaving copy below is slow from a channels-last result
         b, _, d, h, w = input.shape
         co = self.out_channels
         taps = _PHASE_TAPS.to(self.weight)

@@ -68,18 +68,21 @@ def _plain_generator(g: ResnetGenerator) -> ResnetGenerator:
 
 
 def test_cpu_fast_paths_give_the_textbook_generator():
-    """The depth-split output convolution, the sub-pixel upsampling convolution and the CPU
-    instance norm compute the same function, with the same parameters, as upsample + conv, a
-    plain Conv3d and nn.InstanceNorm3d: in inference and in training (values and gradients)."""
+    """The depth-split output convolution, the sub-pixel upsampling convolution, the CPU
+    instance norm and the channels-last residual blocks compute the same function, with the same
+    parameters, as upsample + conv, a plain Conv3d and nn.InstanceNorm3d: in inference and in
+    training (values and gradients)."""
     torch.manual_seed(0)
     g = ResnetGenerator(3, 1, 1, ngf=8, n_res_blocks=2)
     ref = _plain_generator(g)
     assert g.state_dict().keys() == ref.state_dict().keys()
     x = torch.randn(2, 1, 20, 18, 13)
-    with torch.inference_mode():
-        torch.testing.assert_close(g(x), ref(x), atol=2e-5, rtol=1e-4)
-    y, y_ref = g(x), ref(x)
+    with torch.inference_mode():  # CPU forms, channels-last residual blocks
+        y_inference = g(x)
+        torch.testing.assert_close(y_inference, ref(x), atol=2e-5, rtol=1e-4)
+    y, y_ref = g(x), ref(x)  # with gradients: torch's own norm, contiguous layout
     torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(y_inference, y.detach(), atol=2e-5, rtol=1e-4)
     (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
     (y_ref * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
     for (name, p), p_ref in zip(g.named_parameters(), ref.parameters()):
@@ -119,12 +122,13 @@ def test_upsample_conv_equals_upsample_then_conv():
 
 
 @pytest.mark.parametrize("affine", [True, False])
-def test_cpu_instance_norm_equals_torch(affine):
-    import copy
-
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_cpu_instance_norm_equals_torch(affine, memory_format):
     """Same values as nn.InstanceNorm3d in float64 without gradients, also for channels far from
     zero mean (a one-pass E[x^2] - E[x]^2 would lose digits there; torch's float32 kernel is off
-    by 1e-3 on the second channel); with gradients it is torch's own."""
+    by 1e-3 on the second channel), in either memory format; with gradients it is torch's own."""
+    import copy
+
     from torch import nn
 
     from medgan.networks.layers import InstanceNorm3dCPU
@@ -140,8 +144,11 @@ def test_cpu_instance_norm_equals_torch(affine):
     assert norm.state_dict().keys() == ref.state_dict().keys()
     x = torch.randn(3, 5, 9, 10, 11) * torch.tensor([1.0, 0.01, 5.0, 1.0, 2.0]).view(1, 5, 1, 1, 1) + torch.tensor(
         [0.0, 300.0, -20.0, 1.0, 1000.0]).view(1, 5, 1, 1, 1)
+    x = x.contiguous(memory_format=memory_format)
     with torch.no_grad():
         y = norm(x)
+    assert y.is_contiguous(memory_format=memory_format)
+    with torch.no_grad():
         exact = copy.deepcopy(ref).double()(x.double()).float()
     torch.testing.assert_close(y, exact, atol=2e-6, rtol=1e-6)
     assert not torch.equal(y, x)
