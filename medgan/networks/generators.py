@@ -14,8 +14,9 @@ evaluation alike, so a generator gives the same output in ``train()`` and ``eval
 train/test mismatch of junyanz CycleGAN issues #555/#1329 cannot occur).
 
 In 3D the ResNet generator's upsample+conv, output convolution and instance norms are the CPU
-forms of :mod:`medgan.networks.layers`: the same function, parameters and state dict as the
-textbook layers, 2.5x faster per sliding window on CPU; other devices run the plain layers.
+forms of :mod:`medgan.networks.layers`, and in CPU inference its residual blocks run
+channels-last: the same function, parameters and state dict as the textbook layers, 2.6x faster
+per sliding window on CPU; other devices run the plain layers.
 """
 
 from __future__ import annotations
