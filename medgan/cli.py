@@ -44,6 +44,13 @@ def _show_result(job, written, error) -> None:  # noqa: ANN001 - medgan.batch on
         out.print(f"ok  {job.source} -> {written[0]}", highlight=False)
 
 
+def _finish_batch(report, verb: str) -> None:  # noqa: ANN001 - medgan.batch.BatchReport
+    """Print a batch's totals; exit code 1 if any scan failed."""
+    out.print(f"{len(report.written)} {verb}, {len(report.failed)} failed, {len(report.skipped)} already done")
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML config (see configs/)."),
@@ -88,10 +95,7 @@ def translate(
                      series_description=series_description)
     except USER_ERRORS as err:
         _fail(err)
-    n_ok, n_bad = len(report.written), len(report.failed)
-    out.print(f"{n_ok} translated, {n_bad} failed, {len(report.skipped)} already done")
-    if n_bad:
-        raise typer.Exit(1)
+    _finish_batch(report, "translated")
 
 
 def _print_report(report: dict) -> None:
@@ -240,9 +244,7 @@ def adda_segment(
                          on_result=_show_result, workers=workers, max_voxels=max_voxels)
     except USER_ERRORS as err:
         _fail(err)
-    out.print(f"{len(report.written)} segmented, {len(report.failed)} failed, {len(report.skipped)} already done")
-    if report.failed:
-        raise typer.Exit(1)
+    _finish_batch(report, "segmented")
 
 
 @adda_app.command("evaluate")
