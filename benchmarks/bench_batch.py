@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 NAIVE = r"""
 import json, sys, time, torch
 from pathlib import Path
-from bench_batch import peak_rss_mib
+from bench_batch import peak_rss_mib, cpu_seconds
 from monai.inferers import SlidingWindowInferer
 from medgan.io import read_volume, write_nifti
 from medgan.data.transforms import to_input_grid
@@ -42,7 +42,7 @@ ckpt, out, scans = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 tr = Translator(ckpt, "cpu")
 g = tr.nets[tr.names.g_ab]
 inferer = SlidingWindowInferer(roi_size=tr.config.roi_size)  # MONAI defaults otherwise
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), cpu_seconds()
 for s in scans:
     vol = read_volume(s)
     image, _ = tr.preprocessor("CT").image(vol)
@@ -50,20 +50,20 @@ for s in scans:
         y = inferer(image.as_tensor()[None], g)[0]
     back = tr.scaling["MR"].inverse(to_input_grid(y, image.affine, vol.affine, vol.array.shape, "bilinear")[0])
     write_nifti(out / (Path(s).name.replace(".nii.gz", "_naive.nii.gz")), back.astype("float32"), vol.affine)
-print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib(), **cpu_seconds(c0)}))
 """
 
 OURS = r"""
 import json, sys, time
-from bench_batch import peak_rss_mib
+from bench_batch import peak_rss_mib, cpu_seconds
 from medgan.batch import plan_jobs, run_batch
 from pipelines.cyclegan.translate import Translator
 ckpt, out, scans = sys.argv[1], sys.argv[2], sys.argv[3:]
 tr = Translator(ckpt, "cpu")
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), cpu_seconds()
 rep = run_batch(tr.task("ct2mr"), plan_jobs(scans), out, prefetch=2)
 assert rep.ok, rep.failed
-print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib(), **cpu_seconds(c0)}))
 """
 
 
@@ -76,6 +76,15 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds(since: dict | None = None) -> dict:
+    """CPU time of this process (s), user and system, since an earlier reading: where the cores went."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    since = since or {"cpu_user_s": 0.0, "cpu_sys_s": 0.0}
+    return {"cpu_user_s": round(r.ru_utime - since["cpu_user_s"], 2), "cpu_sys_s": round(r.ru_stime - since["cpu_sys_s"], 2)}
 
 
 def make_scans(folder: Path, n: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[Path]:

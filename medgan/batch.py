@@ -343,12 +343,15 @@ def run_batch(
                 t0 = time.perf_counter()
                 arrays = task.finish(vol, prepared, result)
                 del prepared, result
-                written = []
+                written, sums = [], {}
                 for suffix, (arr, dtype) in arrays.items():
-                    written.append(write_nifti(out / f"{job.stem}_{task.name}{suffix}.nii.gz", arr, vol.affine, dtype=dtype))
+                    digest = hashlib.sha256()  # of the bytes as written: no reading back
+                    path = write_nifti(out / f"{job.stem}_{task.name}{suffix}.nii.gz", arr, vol.affine, dtype=dtype,
+                                       direct=True, digest=digest)
+                    written.append(path)
+                    sums[path.name] = digest.hexdigest()
                 del arrays, arr
                 timings["write_s"] = round(time.perf_counter() - t0, 3)
-            sums = {p.name: sha256_of(p) for p in written}
             sidecar = {
                 **provenance, "medgan_version": medgan.__version__, "task": task.name,
                 "input": str(Path(job.source).resolve()), "series_uid": job.series_uid, "input_sha256": sha256_of(job.source),
