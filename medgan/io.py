@@ -384,7 +384,7 @@ class _BlockWriter(io.RawIOBase):
         return self._size
 
     def write(self, data) -> int:  # noqa: ANN001 - any bytes-like object
-        with memoryview(data) as m, m.cast("B") as src:
+        with memoryview(data) as m, (m.cast("B") if m.c_contiguous else memoryview(m.tobytes())) as src:
             if self._digest is not None:
                 self._digest.update(src)
             pos, n = 0, len(src)
