@@ -10,9 +10,11 @@ on them), then in two fresh subprocesses translates every scan CT->MR:
   ``SlidingWindowInferer`` with its defaults (overlap 0.25, sw_batch_size 1, constant blending)
   under ``torch.no_grad``, back to the input grid, ``write_nifti``;
 - **medgan**: ``medgan.batch.run_batch`` (background read/preprocess and write, inference_mode,
-  Gaussian blending, overlap 0.25, one window per pass on CPU), with its manifest and provenance.
+  Gaussian blending, overlap 0.25, one window per pass on CPU, outputs written around the page
+  cache and hashed as written), with its manifest, checksums and provenance.
 
-Reports scans per minute, voxels per second (input voxels) and peak resident memory (MiB) of each.
+Reports scans per minute, voxels per second (input voxels), peak resident memory (MiB) and the
+user and system CPU seconds of each.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from monai.networks.layers.factories import Conv, Norm
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from medgan.networks.layers import DepthTapConv3d, InstanceNorm3dCPU, UpsampleConv3d
+from medgan.networks.layers import FewOutputConv3d, InstanceNorm3dCPU, UpsampleConv3d
 
 
 def _norm(spatial_dims: int, channels: int) -> nn.Module:
@@ -98,7 +98,7 @@ class ResnetGenerator(nn.Module):
             else:
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"), _conv_block(spatial_dims, ch, ch // 2, 3)]
             ch //= 2
-        out_conv = DepthTapConv3d if spatial_dims == 3 else Conv[Conv.CONV, spatial_dims]  # same weights, faster on CPU
+        out_conv = FewOutputConv3d if spatial_dims == 3 else Conv[Conv.CONV, spatial_dims]  # same weights, faster on CPU
         layers += [out_conv(ch, out_channels, 7, padding=3, padding_mode="reflect"), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 

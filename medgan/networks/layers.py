@@ -63,19 +63,25 @@ def _cpu_vector_channels() -> int:
     return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
 
-class DepthTapConv3d(nn.Conv3d):
-    """``nn.Conv3d`` (same arguments, parameters and state dict) that, on CPU, computes a
-    few-output-channel convolution as one convolution with ``(1, kh, kw / s)`` kernels whose
-    output channels are the ``kernel_size[0]`` depth taps times ``s`` pieces of the kernel's width,
-    summed with shifts along depth and width. The result is the same up to float rounding;
-    gradients flow as usual.
+class FewOutputConv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same arguments, parameters and state dict) for convolutions with few output
+    channels, such as a generator's output layer, computed on CPU in a form that fills the
+    vector lanes; the result is the same up to float rounding, gradients flow as usual.
 
     Why: oneDNN, torch's CPU convolution, computes output channels in blocks of 16 (AVX-512; 8 on
     AVX2), so a 16 -> 1 channel 7x7x7 convolution costs as much as 16 -> 16: it took 40 % of the
-    CycleGAN generator's CPU time. Split into 7 depth taps x 2 width pieces (14 channels, one
-    block) it costs a sixth: for a 16-channel 64x64x32 window on one thread, 96 ms plain, 17 ms
-    split by depth only, 12-13 ms split by depth and width (``benchmarks/bench_generator.py``).
-    Only stride 1, dilation 1, one group and explicit padding take this path; anything else, and
+    CycleGAN generator's CPU time. Two forms, for a 16-channel 64x64x32 window on one thread
+    (96 ms plain, ``benchmarks/bench_generator.py``):
+
+    - **without gradients**: a depthwise convolution (each input channel with its own kernel per
+      output, ``C_in * C_out`` channels in the lanes, exactly the plain convolution's
+      multiply-adds) in channels-last layout, summed over the input channels: 9.6 ms;
+    - **with gradients** (depthwise backward is slow in oneDNN): one convolution with
+      ``(1, kh, kw / s)`` kernels whose output channels are the ``kernel_size[0]`` depth taps
+      times ``s`` pieces of the kernel's width (as many as fill a block), summed with shifts
+      along depth and width: 13 ms.
+
+    Only stride 1, dilation 1, one group and explicit padding take these paths; anything else, and
     any other device, runs the plain convolution.
 
     Forward: ``(B, C_in, D, H, W)`` -> ``(B, C_out, D', H', W')`` as ``nn.Conv3d``.
@@ -90,6 +96,12 @@ class DepthTapConv3d(nn.Conv3d):
         else:
             x = F.pad(input, self._reversed_padding_repeated_twice)
         cout, cin, taps, kh, kw = weight.shape
+        if not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)):
+            # depthwise channel c * C_out + o is input channel c convolved with weight[o, c]
+            z = F.conv3d(x.contiguous(memory_format=torch.channels_last_3d),
+                         weight.transpose(0, 1).reshape(cin * cout, 1, taps, kh, kw), groups=cin)
+            y = z.unflatten(1, (cin, cout)).sum(1)
+            return y if bias is None else y + bias.view(1, -1, 1, 1, 1)
         pieces = max(1, min(kw, _cpu_vector_channels() // (taps * cout)))
         width = -(-kw // pieces)  # of each piece; the last is zero-padded to it
         extra = pieces * width - kw
@@ -183,15 +195,28 @@ class UpsampleConv3d(nn.Conv3d):
                 or self.padding != (1, 1, 1) or self.dilation != (1, 1, 1) or self.groups != 1
                 or self.padding_mode != "reflect"):
             return super().forward(F.interpolate(input, scale_factor=2, mode="nearest"))
-        input = input.contiguous()  # the interleaving copy below is slow from a channels-last result
+        # Without gradients everything runs channels-last (the phases' interleaving then copies
+        # runs of C_out channels, and the next layers are faster in it): 64 -> 32 channels onto
+        # 32x32x16 2.9 ms, 32 -> 16 onto 64x64x32 6.2 ms. Training keeps the standard layout.
+        channels_last = not torch.is_grad_enabled()
+        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+        input = input.contiguous(memory_format=fmt)
         b, _, d, h, w = input.shape
         co = self.out_channels
         taps = _PHASE_TAPS.to(self.weight)
         # (2, 2, 2, C_out, C_in, 2, 2, 2): the 2x2x2 kernel of each phase
         k = torch.einsum("axi,byj,czk,onijk->abconxyz", taps, taps, taps, self.weight)
         bias = None if self.bias is None else self.bias.repeat(8)
-        z = F.conv3d(F.pad(input, (1, 1, 1, 1, 1, 1), mode="replicate"), k.reshape(8 * co, -1, 2, 2, 2), bias)
+        x = F.pad(input, (1, 1, 1, 1, 1, 1), mode="replicate").contiguous(memory_format=fmt)
+        z = F.conv3d(x, k.reshape(8 * co, -1, 2, 2, 2), bias)
+        phases = enumerate(itertools.product((0, 1), repeat=3))
+        if channels_last:
+            zc = z.permute(0, 2, 3, 4, 1)  # (B, D + 1, H + 1, W + 1, 8 C_out)
+            y = input.new_empty(b, d, 2, h, 2, w, 2, co)
+            for i, (pd, ph, pw) in phases:
+                y[:, :, pd, :, ph, :, pw] = zc[:, pd:pd + d, ph:ph + h, pw:pw + w, i * co:(i + 1) * co]
+            return y.view(b, 2 * d, 2 * h, 2 * w, co).permute(0, 4, 1, 2, 3)
         y = input.new_empty(b, co, d, 2, h, 2, w, 2)
-        for i, (pd, ph, pw) in enumerate(itertools.product((0, 1), repeat=3)):
+        for i, (pd, ph, pw) in phases:
             y[:, :, :, pd, :, ph, :, pw] = z[:, i * co:(i + 1) * co, pd:pd + d, ph:ph + h, pw:pw + w]
         return y.view(b, co, 2 * d, 2 * h, 2 * w)

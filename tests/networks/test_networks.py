@@ -53,14 +53,14 @@ def _plain_generator(g: ResnetGenerator) -> ResnetGenerator:
 
     from torch import nn
 
-    from medgan.networks.layers import DepthTapConv3d, InstanceNorm3dCPU, UpsampleConv3d
+    from medgan.networks.layers import FewOutputConv3d, InstanceNorm3dCPU, UpsampleConv3d
 
     ref = copy.deepcopy(g)
     for i, layer in enumerate(ref.model):
         if isinstance(layer, nn.Identity):
             ref.model[i] = nn.Upsample(scale_factor=2, mode="nearest")
     for m in ref.modules():
-        if isinstance(m, (DepthTapConv3d, UpsampleConv3d)):
+        if isinstance(m, (FewOutputConv3d, UpsampleConv3d)):
             m.__class__ = nn.Conv3d
         elif isinstance(m, InstanceNorm3dCPU):
             m.__class__ = nn.InstanceNorm3d
@@ -68,7 +68,7 @@ def _plain_generator(g: ResnetGenerator) -> ResnetGenerator:
 
 
 def test_cpu_fast_paths_give_the_textbook_generator():
-    """The depth-split output convolution, the sub-pixel upsampling convolution, the CPU
+    """The few-output-channel output convolution, the sub-pixel upsampling convolution, the CPU
     instance norm and the channels-last residual blocks compute the same function, with the same
     parameters, as upsample + conv, a plain Conv3d and nn.InstanceNorm3d: in inference and in
     training (values and gradients)."""
@@ -92,19 +92,23 @@ def test_cpu_fast_paths_give_the_textbook_generator():
 
 @pytest.mark.parametrize("padding_mode, cout, kernel", [("reflect", 1, 7), ("zeros", 3, 7), ("replicate", 1, 5), ("reflect", 2, 3)])
 @pytest.mark.parametrize("lanes", [8, 16])  # AVX2 and AVX-512 blocking: 1, 2 or 3 width pieces
-def test_depth_tap_conv_equals_conv3d(padding_mode, cout, kernel, lanes, monkeypatch):
+@pytest.mark.parametrize("grad", [True, False])  # depth taps with gradients, depthwise without
+def test_few_output_conv_equals_conv3d(padding_mode, cout, kernel, lanes, grad, monkeypatch):
     from torch import nn
 
     import medgan.networks.layers as layers
-    from medgan.networks.layers import DepthTapConv3d
+    from medgan.networks.layers import FewOutputConv3d
 
     monkeypatch.setattr(layers, "_cpu_vector_channels", lambda: lanes)
     torch.manual_seed(1)
-    conv = DepthTapConv3d(5, cout, kernel, padding=kernel // 2, padding_mode=padding_mode)
+    conv = FewOutputConv3d(5, cout, kernel, padding=kernel // 2, padding_mode=padding_mode)
     ref = nn.Conv3d(5, cout, kernel, padding=kernel // 2, padding_mode=padding_mode)
     ref.load_state_dict(conv.state_dict())
     x = torch.randn(2, 5, 9, 11, 8)
-    torch.testing.assert_close(conv(x), ref(x), atol=1e-4, rtol=1e-4)
+    with torch.set_grad_enabled(grad):
+        y = conv(x)
+    assert y.requires_grad == grad
+    torch.testing.assert_close(y, ref(x), atol=1e-4, rtol=1e-4)
 
 
 def test_upsample_conv_equals_upsample_then_conv():
