@@ -348,9 +348,9 @@ class _BlockWriter(io.RawIOBase):
     (``O_DIRECT``) where the file system allows it, and feeds every byte to ``digest``.
 
     Written here because plain (buffered) writes copy each byte into freshly allocated page-cache
-    pages, and in a virtual machine that hands freed memory back to its host the first touch of
-    those pages costs more than the copy: 0.62 GB/s buffered against 2.5 GB/s direct for 256 MiB
-    in 8 MiB blocks (``dd``), and 0.4 s of kernel CPU per 242 MB sCT in a batch. Direct, the
+    pages, and on this project's machine (a virtual machine) touching those new pages costs more
+    than the copy itself: 0.62 GB/s buffered against 2.5 GB/s direct for 256 MiB in 8 MiB blocks
+    (``dd``), and 0.4 s of kernel CPU per 242 MB float32 output in a batch. Direct, the
     device reads the buffer itself, and a batch of thousands of scans does not fill the page
     cache with files it never reads again. Where ``O_DIRECT`` is refused (tmpfs, some network file
     systems) the same blocks are written plainly. The last block is padded to the alignment and
