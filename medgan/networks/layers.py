@@ -75,11 +75,12 @@ class FewOutputConv3d(nn.Conv3d):
 
     - **without gradients**: a depthwise convolution (each input channel with its own kernel per
       output, ``C_in * C_out`` channels in the lanes, exactly the plain convolution's
-      multiply-adds) in channels-last layout, summed over the input channels: 9.6 ms;
+      multiply-adds) in channels-last layout, summed over the input channels: 11.1-11.5 ms with
+      the padding and the sum (9.6 ms of it the convolution);
     - **with gradients** (depthwise backward is slow in oneDNN): one convolution with
       ``(1, kh, kw / s)`` kernels whose output channels are the ``kernel_size[0]`` depth taps
       times ``s`` pieces of the kernel's width (as many as fill a block), summed with shifts
-      along depth and width: 13 ms.
+      along depth and width: 13.4-14.6 ms.
 
     Only stride 1, dilation 1, one group and explicit padding take these paths; anything else, and
     any other device, runs the plain convolution.
