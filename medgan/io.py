@@ -164,15 +164,25 @@ def read_volume(
     return Volume(array=array, affine=affine, path=str(p))
 
 
+def check_whole_numbers(volume: Volume) -> Volume:
+    """``volume`` itself if every voxel is a whole number, as a label map's must be.
+
+    Raises:
+        VolumeError: non-integer or NaN values (naming the file).
+    """
+    a = volume.array
+    if a.dtype.kind == "f" and (not np.all(np.isfinite(a)) or np.any(a != np.round(a))):
+        raise VolumeError(f"{volume.path}: a label map must hold whole numbers; found non-integer or NaN values")
+    return volume
+
+
 def read_label_map(path: str | os.PathLike, image: Volume | None = None) -> Volume:
     """Read an integer label map; when ``image`` is given it must share its grid.
 
     Raises:
         VolumeError: non-integer values, or shape/affine different from ``image``.
     """
-    lab = read_volume(path, check_values=False)
-    if not np.all(np.isfinite(lab.array)) or np.any(lab.array != np.round(lab.array)):
-        raise VolumeError(f"{lab.path}: a label map must hold whole numbers; found non-integer or NaN values")
+    lab = check_whole_numbers(read_volume(path, check_values=False))
     if image is not None:
         if lab.array.shape != image.array.shape:
             raise VolumeError(

@@ -24,7 +24,7 @@ from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import labels_to_input_grid, to_canonical, to_input_grid
 from medgan.inference import inference_device
-from medgan.io import Grid, Volume, VolumeError, atomic_write_text, sha256_of
+from medgan.io import Grid, Volume, VolumeError, atomic_write_text, check_whole_numbers, sha256_of
 from medgan.metrics import dice_per_class, intensity_stats_per_class
 from pipelines.cvae.config import CVAEConfig, SampleConfig
 from pipelines.cvae.trainer import PIPELINE, build_cvae
@@ -97,8 +97,7 @@ class CVAESampleTask:
         self.device = sampler.device
 
     def prepare(self, volume: Volume):  # noqa: ANN201
-        if volume.array.dtype.kind == "f" and not np.array_equal(volume.array, np.round(volume.array)):
-            raise VolumeError(f"{volume.path}: a label map must hold whole numbers; found non-integer or NaN values")
+        check_whole_numbers(volume)  # read as a batch scan: the check read_label_map makes
         classes = self.sampler.pre.label_mapper(volume.array, volume.path).astype(np.float32)
         can = to_canonical(Volume(classes, volume.affine, volume.path), self.sampler.config.train.spacing_mm, "nearest")
         return can, self.seeds[volume.path]
