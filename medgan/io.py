@@ -17,7 +17,7 @@ import logging
 import mmap
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -32,11 +32,6 @@ logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-#: Largest distance of a DICOM slice from its place on the regular grid (first slice + i x mean
-#: gap), as a fraction of the mean gap, that is still read as that grid. The shared oblique
-#: MEMPRAGE series has one 2 mm gap among 1 mm gaps: its slices sit up to 0.67 gap off the mean
-#: grid (the grid its NIfTI conversion uses). Larger deviations mean missing slices and are refused.
-DICOM_SLICE_POSITION_TOLERANCE = 0.75
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: default largest volume a batch reads: 2**30 voxels (4 GiB as float32), e.g. 1024 x 1024 x 1024
 MAX_VOXELS = 1 << 30
@@ -65,6 +60,9 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray
     path: str
+    #: how the geometry was read where a choice was made (e.g. DICOM slices interpolated onto a
+    #: regular grid); written into each output's sidecar
+    notes: dict = field(default_factory=dict)
 
     @property
     def grid(self) -> Grid:
@@ -123,15 +121,15 @@ def read_volume(
             or ambiguous slices.
     """
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder")
+    _check_path(p)
+    notes: dict = {}
     if p.is_dir():
-        array, affine = _read_dicom_series(p, series_uid, max_voxels)
+        array, affine = _read_dicom_series(p, series_uid, max_voxels, notes)
     else:
         suffix = image_suffix(p)
         try:
             if suffix in NIFTI_SUFFIXES:
-                array, affine = _read_nifti(p, max_voxels)
+                array, affine = _read_nifti(p, max_voxels, notes)
             elif suffix in ITK_SUFFIXES:
                 array, affine = _read_itk(p, max_voxels)
             else:
@@ -153,15 +151,41 @@ def read_volume(
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise VolumeError(f"{p}: the header's voxel-to-world affine is missing or degenerate:\n{affine}")
     if as_float or array.dtype not in _KEPT_INTEGER_TYPES:
-        array = array.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # values beyond float32 become Inf, refused below with the reason
+            array = array.astype(np.float32, copy=False)
     if check_values:
         if array.dtype.kind == "f":
             bad = ~np.isfinite(array)
             if bad.any():
-                raise VolumeError(f"{p}: {int(bad.sum())} voxels are NaN or Inf; fix or mask them before use")
+                why = ""
+                if notes.get("scaled_from_integers"):
+                    why = (f" after the header's scaling (scl_slope {notes['scl_slope']:g}, scl_inter {notes['scl_inter']:g}) "
+                           "of its integer voxels overflowed float32: the header's scaling is wrong")
+                raise VolumeError(f"{p}: {int(bad.sum())} voxels are NaN or Inf{why}; fix or mask them before use")
         if array.max() == array.min():
             raise VolumeError(f"{p}: every voxel has the value {float(array.flat[0])}; nothing to translate")
-    return Volume(array=array, affine=affine, path=str(p))
+    notes.pop("scaled_from_integers", None)
+    return Volume(array=array, affine=affine, path=str(p), notes=notes)
+
+
+def _check_path(p: Path) -> None:
+    """Refuse what is not a regular file or a folder before anything opens it: a FIFO or device
+    named ``*.nii.gz`` would block a reader forever, and a link loop is not "no such file"."""
+    import stat
+
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        if p.is_symlink():
+            raise FileNotFoundError(f"{p}: a symbolic link to {os.readlink(p)}, which does not exist") from None
+        raise FileNotFoundError(f"{p}: no such file or folder") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise VolumeError(f"{p}: a loop of symbolic links; point it at a real file") from None
+        raise VolumeError(f"{p}: cannot be opened ({err.strerror})") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        raise VolumeError(f"{p}: is {kind}, not a regular file; medgan reads image files and DICOM folders only")
 
 
 def check_whole_numbers(volume: Volume) -> Volume:
@@ -231,20 +255,178 @@ def _check_size(p: Path, shape: tuple[int, ...], max_voxels: int | None) -> None
         )
 
 
-def _read_nifti(p: Path, max_voxels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """nibabel reads the header and applies the scaling; .nii.gz is decompressed by ISA-L when
-    the isal package is there (several times faster than zlib), otherwise by nibabel itself."""
-    if image_suffix(p) == ".nii.gz" and _igzip is not None:
-        with _igzip.open(p, "rb") as raw:
-            f = _ChunkedReadinto(raw)
-            # mmap=False: numpy.memmap would first seek to the end of the stream to learn its size,
-            # decompressing the whole file once before the real read (0.25 s for a 512x512x275 CT)
-            img = nib.Nifti1Image.from_file_map({"header": nib.FileHolder(fileobj=f), "image": nib.FileHolder(fileobj=f)}, mmap=False)
-            _check_size(p, img.shape, max_voxels)
-            return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
-    img = nib.load(str(p))
-    _check_size(p, img.shape, max_voxels)
-    return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+#: deflate cannot compress better than about 1032:1, so a .nii.gz of ``c`` bytes holds at most this
+#: many times ``c`` bytes of NIfTI (RFC 1951 limit; used to refuse impossible headers unread)
+_DEFLATE_MAX_RATIO = 1032
+#: largest distance (mm) between where a NIfTI's qform and sform put any corner of the volume for
+#: the two to count as the same geometry
+QFORM_SFORM_TOLERANCE_MM = 0.1
+
+
+def _nifti_raw_header(p: Path, block: bytes):  # noqa: ANN202
+    """The header as stored in the file's first bytes (nibabel's image header has already replaced
+    a zero pixdim by 1 and an infinite ``scl_slope`` by "no scaling"), and the image class of its
+    NIfTI version (1 or 2)."""
+    import struct
+
+    for order in "<>":
+        if len(block) >= 4:
+            n = struct.unpack(order + "i", block[:4])[0]
+            if n == 348 and len(block) >= 348:
+                return nib.Nifti1Header(binaryblock=block[:348], check=False), nib.Nifti1Image
+            if n == 540 and len(block) >= 540:
+                return nib.Nifti2Header(binaryblock=block[:540], check=False), nib.Nifti2Image
+    raise VolumeError(f"{p}: not a NIfTI file (the header does not start with size 348 or 540)")
+
+
+class _Replay:
+    """A forward-read stream whose first bytes (already read to check the header) are served
+    again from memory, so a .nii.gz is decompressed once."""
+
+    def __init__(self, prefix: bytes, fileobj) -> None:  # noqa: ANN001
+        self._prefix, self._f, self._pos = prefix, fileobj, 0
+
+    def _sync(self) -> None:
+        if self._pos >= len(self._prefix) and self._f.tell() != self._pos:
+            self._f.seek(self._pos)
+
+    def read(self, n: int = -1) -> bytes:
+        head = b""
+        if self._pos < len(self._prefix):
+            head = self._prefix[self._pos:] if n < 0 else self._prefix[self._pos:self._pos + n]
+            self._pos += len(head)
+            if n >= 0 and len(head) == n:
+                return head
+            n = -1 if n < 0 else n - len(head)
+        self._sync()
+        rest = self._f.read(n)
+        self._pos += len(rest)
+        return head + rest
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001
+        with memoryview(buffer) as view, view.cast("B") as flat:
+            done = 0
+            if self._pos < len(self._prefix):
+                head = self._prefix[self._pos:self._pos + len(flat)]
+                flat[:len(head)] = head
+                done = len(head)
+                self._pos += done
+            if done < len(flat):
+                self._sync()
+                got = self._f.readinto(flat[done:])
+                self._pos += got
+                done += got
+            return done
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        self._pos = pos if whence == os.SEEK_SET else self._pos + pos if whence == os.SEEK_CUR else None
+        if self._pos is None:
+            raise io.UnsupportedOperation("seek from the end of a compressed stream")
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._f, name)
+
+
+def _check_nifti_header(p: Path, hdr, max_voxels: int | None, notes: dict) -> np.ndarray:  # noqa: ANN001
+    """Refuse a header whose shape, data type, scaling or geometry would be made up, before any
+    voxel is read; returns the RAS affine (the one nibabel uses, checked) and fills ``notes``."""
+    ndim = int(hdr["dim"][0])
+    dims = [int(d) for d in hdr["dim"][1:ndim + 1]] if 1 <= ndim <= 7 else []
+    if not dims or min(dims) < 1:
+        raise VolumeError(f"{p}: the header's dimensions {[int(d) for d in hdr['dim']]} are invalid (dim[0] must be 1..7 "
+                          "and every size at least 1): the header is corrupt")
+    dtype = hdr.get_data_dtype()
+    if dtype.kind == "c":
+        raise VolumeError(f"{p}: complex voxels ({dtype}); medgan reads real-valued images: save the magnitude "
+                          "(or the real part) as its own volume")
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise VolumeError(f"{p}: voxels of type {dtype} (RGB or vector data); medgan reads single-channel "
+                          "grey-value images: convert to one channel first")
+    _check_size(p, dims, max_voxels)
+    slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
+    if np.isinf(slope) or np.isinf(inter):
+        raise VolumeError(f"{p}: the header's scaling is infinite (scl_slope {slope}, scl_inter {inter}); "
+                          "nibabel would read it as 'no scaling': fix the header")
+    if np.isfinite(slope) and slope != 0 and (slope != 1 or (np.isfinite(inter) and inter != 0)):
+        notes.update(scl_slope=slope, scl_inter=inter if np.isfinite(inter) else 0.0, scaled_from_integers=dtype.kind in "iu")
+    qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
+    if qcode <= 0 and scode <= 0:
+        raise VolumeError(f"{p}: neither a qform nor an sform is set (both codes 0), so where the voxels lie in the "
+                          "patient is unknown (nibabel would guess from pixdim); set the header's qform or sform "
+                          "(e.g. nibabel's set_sform, or fslorient)")
+    pixdim = [float(x) for x in hdr["pixdim"][1:4]]
+    if scode <= 0 and not all(np.isfinite(x) and x > 0 for x in pixdim):
+        raise VolumeError(f"{p}: the qform gives the geometry but the voxel size (pixdim {pixdim}) is not positive "
+                          "(nibabel would substitute 1 mm): fix pixdim")
+    sform = hdr.get_sform() if scode > 0 else None
+    qform = hdr.get_qform() if qcode > 0 and all(np.isfinite(x) and x > 0 for x in pixdim) else None
+    if sform is not None and qform is not None:
+        corners = np.array([[i, j, k, 1] for i in (0, dims[0] - 1) for j in (0, dims[1] - 1)
+                            for k in (0, (dims[2] if ndim >= 3 else 1) - 1)], dtype=np.float64).T
+        off = float(np.max(np.linalg.norm((sform @ corners - qform @ corners)[:3], axis=0)))
+        flip = np.sign(np.linalg.det(sform[:3, :3])) != np.sign(np.linalg.det(qform[:3, :3]))
+        if off > QFORM_SFORM_TOLERANCE_MM or flip:
+            raise VolumeError(
+                f"{p}: the header's qform and sform disagree (corners up to {off:.2f} mm apart"
+                f"{', and one is a mirror image of the other' if flip else ''}); it is not known which is right. "
+                "Set the wrong one's code to 0 (e.g. nibabel's set_qform(None)) and read again"
+            )
+    notes["affine_from"] = "sform" if sform is not None else "qform"
+    return np.asarray(sform if sform is not None else hdr.get_qform(), dtype=np.float64)
+
+
+def _check_nifti_data_size(p: Path, hdr, compressed: bool) -> None:  # noqa: ANN001
+    """Refuse a file too small for its header's voxels before the voxels are allocated."""
+    import struct
+
+    n_vox = int(np.prod([int(d) for d in hdr["dim"][1:int(hdr["dim"][0]) + 1]], dtype=np.float64))
+    need = int(hdr.get_data_offset()) + n_vox * hdr.get_data_dtype().itemsize
+    size = p.stat().st_size
+    if not compressed:
+        if size < need:
+            raise VolumeError(f"{p}: truncated: the header needs {need:,} bytes of file, the file has {size:,}")
+        return
+    if need > size * _DEFLATE_MAX_RATIO:
+        raise VolumeError(f"{p}: truncated or corrupt: the header needs {need:,} bytes, more than {size:,} compressed "
+                          "bytes can hold")
+    if need < 1 << 32 and size >= 18:
+        with open(p, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = struct.unpack("<I", f.read(4))[0]  # uncompressed size mod 2^32 (RFC 1952)
+        if isize < need:
+            raise VolumeError(f"{p}: truncated or corrupt: the header needs {need:,} bytes, the gzip stream holds "
+                              f"{isize:,} (if it is a multi-member gzip, recompress it with plain gzip)")
+
+
+def _read_nifti(p: Path, max_voxels: int | None = None, notes: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """nibabel reads the header (NIfTI-1 or -2) and applies the scaling; .nii.gz is decompressed by
+    ISA-L when the isal package is there (several times faster than zlib), otherwise by gzip.
+    The stored header is checked first (:func:`_check_nifti_header`, :func:`_check_nifti_data_size`)."""
+    import gzip
+
+    notes = {} if notes is None else notes
+    compressed = image_suffix(p) == ".nii.gz"
+    if not compressed:
+        with open(p, "rb") as f:
+            hdr, klass = _nifti_raw_header(p, f.read(540))
+        affine = _check_nifti_header(p, hdr, max_voxels, notes)
+        _check_nifti_data_size(p, hdr, compressed)
+        img = klass.from_filename(str(p))
+        return np.asanyarray(img.dataobj), affine
+    with (_igzip.open(p, "rb") if _igzip is not None else gzip.open(p, "rb")) as raw:
+        block = raw.read(540)
+        hdr, klass = _nifti_raw_header(p, block)
+        affine = _check_nifti_header(p, hdr, max_voxels, notes)
+        _check_nifti_data_size(p, hdr, compressed)
+        f = _ChunkedReadinto(_Replay(block, raw))
+        # mmap=False: numpy.memmap would first seek to the end of the stream to learn its size,
+        # decompressing the whole file once before the real read (0.25 s for a 512x512x275 CT)
+        img = klass.from_file_map({"header": nib.FileHolder(fileobj=f), "image": nib.FileHolder(fileobj=f)}, mmap=False)
+        return np.asanyarray(img.dataobj), affine
 
 
 def _itk_to_ras_affine(img) -> np.ndarray:  # noqa: ANN001 - SimpleITK.Image
@@ -271,9 +453,39 @@ def _read_itk(p: Path, max_voxels: int | None = None) -> tuple[np.ndarray, np.nd
     return sitk.GetArrayFromImage(img).transpose(2, 1, 0), _itk_to_ras_affine(img)
 
 
-def _read_dicom_series(folder: Path, series_uid: str | None, max_voxels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def dicom_slice_tolerance_mm(gap_mm: float) -> float:
+    """How far (mm) a DICOM slice may sit from its place on the regular grid and still be read as
+    that grid's slice: 1 % of the slice gap, at most 0.1 mm (DICOM positions are written to about
+    1e-5 mm). Further off, the slices are interpolated onto the grid (see :func:`_read_dicom_series`)."""
+    return min(0.1, 0.01 * gap_mm)
+
+
+#: most grid slices in a row that may be interpolated between two recorded slices (one missing
+#: slice); longer runs of missing slices are refused
+DICOM_MAX_INTERPOLATED_RUN = 1
+
+
+def _read_dicom_series(
+    folder: Path, series_uid: str | None, max_voxels: int | None = None, notes: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A DICOM series on a regular grid, with no slice moved from where it was recorded.
+
+    The slices are sorted along the normal of their ImageOrientationPatient. The grid runs from
+    the first to the last slice in steps of the median gap (rounded so that the last slice is on
+    it). A grid position within :func:`dicom_slice_tolerance_mm` of a slice takes that slice's
+    voxels unchanged; one between two slices (a missing slice, or unevenly spaced slices) is
+    interpolated linearly from its two neighbours, which is logged and written to ``notes`` (and
+    so to each output's sidecar). Refused: slices of other size, orientation or pixel spacing,
+    duplicate positions, more than :data:`DICOM_MAX_INTERPOLATED_RUN` missing slices in a row, and
+    gantry-tilted (sheared) series, whose slices are not stacked along their normal.
+
+    SimpleITK's ``ImageSeriesReader`` instead puts every slice on the first gap with a warning
+    (one missing slice moves every later slice by a gap), and a reader that uses the mean gap
+    moves them by up to half a gap.
+    """
     import SimpleITK as sitk
 
+    notes = {} if notes is None else notes
     reader = sitk.ImageSeriesReader()
     uids = list(reader.GetGDCMSeriesIDs(str(folder)) or ())
     if not uids:
@@ -286,46 +498,105 @@ def _read_dicom_series(folder: Path, series_uid: str | None, max_voxels: int | N
     files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
     if len(files) < 2:
         raise VolumeError(f"{folder}: DICOM series {uid} has {len(files)} slice; expected a volume")
-    # Slice positions along the slice normal: ITK assumes a regular grid and only warns when it
-    # is not, so check the gaps ourselves (missing slices would silently stretch the anatomy).
-    positions = []
+    positions, first = [], None
     for f in files:
         r = sitk.ImageFileReader()
         r.SetFileName(f)
-        r.ReadImageInformation()
-        positions.append([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
-        if len(positions) == 1:
+        try:
+            r.ReadImageInformation()
+            pos = [float(v) for v in r.GetMetaData("0020|0032").split("\\")]
             iop = [float(v) for v in r.GetMetaData("0020|0037").split("\\")]
-            _check_size(folder, (*r.GetSize()[:2], len(files)), max_voxels)
-    normal = np.cross(iop[:3], iop[3:])
-    dist = np.sort(np.asarray(positions) @ normal)
+        except (RuntimeError, ValueError) as err:
+            raise VolumeError(f"{f}: a slice of series {uid} without a readable ImagePositionPatient / "
+                              f"ImageOrientationPatient ({str(err).splitlines()[0]})") from err
+        info = (tuple(r.GetSize()[:2]), tuple(np.round(r.GetSpacing()[:2], 4)))
+        if first is None:
+            first, iop0 = info, np.asarray(iop)
+            _check_size(folder, (*info[0], len(files)), max_voxels)
+        elif info != first or np.abs(np.asarray(iop) - iop0).max() > 1e-4:
+            raise VolumeError(
+                f"{f}: this slice of series {uid} is {info[0][0]}x{info[0][1]} pixels of {info[1][0]}x{info[1][1]} mm "
+                f"with orientation {np.round(iop, 4).tolist()}, the first is {first[0][0]}x{first[0][1]} of "
+                f"{first[1][0]}x{first[1][1]} mm with {np.round(iop0, 4).tolist()}: one series must have one slice geometry"
+            )
+        positions.append(pos)
+    row, col = iop0[:3], iop0[3:]
+    normal = np.cross(row, col)
+    pos = np.asarray(positions)
+    order = np.argsort(pos @ normal, kind="stable")
+    files, pos = [files[i] for i in order], pos[order]
+    dist = pos @ normal
     gaps = np.diff(dist)
-    mean_gap = (dist[-1] - dist[0]) / (len(dist) - 1)
-    off = np.max(np.abs(dist - (dist[0] + mean_gap * np.arange(len(dist))))) / mean_gap if mean_gap > 0 else np.inf
-    if gaps.min() <= 1e-6 * max(mean_gap, 1e-6) or off > DICOM_SLICE_POSITION_TOLERANCE:
+    if gaps.min() <= 1e-3:
+        i = int(np.argmin(gaps))
+        raise VolumeError(f"{folder}: slices {Path(files[i]).name} and {Path(files[i + 1]).name} of series {uid} lie "
+                          f"at the same position ({dist[i]:.3f} mm along the normal): duplicated slices")
+    step0 = float(np.median(gaps))
+    span = float(dist[-1] - dist[0])
+    n_grid = int(round(span / step0)) + 1
+    step = span / (n_grid - 1)
+    tol = dicom_slice_tolerance_mm(step)
+    # gantry tilt: slice k must lie at first + d_k x normal; a tilt shows as an in-plane drift
+    drift = pos - pos[0] - np.outer(dist - dist[0], normal)
+    tilt = np.linalg.norm(drift, axis=1)
+    if tilt.max() > tol:
+        k = int(np.argmax(tilt))
         raise VolumeError(
-            f"{folder}: DICOM slice gaps range {gaps.min():.3f}..{gaps.max():.3f} mm (mean {mean_gap:.3f} mm); "
-            f"slices lie up to {off:.2f} gaps off a regular grid (tolerance {DICOM_SLICE_POSITION_TOLERANCE}): "
-            "slices are missing or duplicated"
+            f"{folder}: series {uid} is gantry-tilted or sheared: its slices are not stacked along their normal "
+            f"(slice {Path(files[k]).name} lies {tilt.max():.2f} mm off the normal through the first slice). "
+            "medgan does not resample tilted series; correct the tilt first (e.g. dcm2niix's tilt correction)"
         )
-    if gaps.max() - gaps.min() > 1e-3 * mean_gap:
-        logger.warning(
-            "%s: uneven DICOM slice gaps (%.3f..%.3f mm); read on a regular grid of %.4f mm, slices up to %.2f gaps off",
-            folder, gaps.min(), gaps.max(), mean_gap, off,
+    if gaps.max() > (DICOM_MAX_INTERPOLATED_RUN + 1) * step + tol:
+        i = int(np.argmax(gaps))
+        raise VolumeError(
+            f"{folder}: DICOM slice gaps range {gaps.min():.3f}..{gaps.max():.3f} mm (median {step0:.3f} mm): "
+            f"between {Path(files[i]).name} and {Path(files[i + 1]).name} {gaps.max() / step - 1:.0f} slices are "
+            f"missing; slices are missing or duplicated (at most {DICOM_MAX_INTERPOLATED_RUN} missing slice in a row "
+            "is interpolated)"
         )
     reader.SetFileNames(files)
     prev = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # the gap check above replaces ITK's warning
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # the checks above replace ITK's warning
     try:
         img = reader.Execute()
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(prev)
-    # Use the mean gap over the whole series (first to last slice), not ITK's first-two-slice gap.
-    spacing = list(img.GetSpacing())
-    spacing[2] = float(mean_gap)
-    img.SetSpacing(spacing)
-    array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
-    return array, _itk_to_ras_affine(img)
+    stack = sitk.GetArrayFromImage(img)  # (k, j, i) in the sorted order
+    grid = dist[0] + step * np.arange(n_grid)
+    hi = np.clip(np.searchsorted(dist, grid), 1, len(dist) - 1)
+    lo = hi - 1
+    w = (grid - dist[lo]) / (dist[hi] - dist[lo])
+    exact_lo, exact_hi = np.abs(grid - dist[lo]) <= tol, np.abs(grid - dist[hi]) <= tol
+    interpolated = [k for k in range(n_grid) if not (exact_lo[k] or exact_hi[k])]
+    if n_grid == len(files) and not interpolated:
+        array = stack
+    else:
+        array = np.empty((n_grid, *stack.shape[1:]), dtype=np.float32)
+        for k in range(n_grid):
+            if exact_lo[k]:
+                array[k] = stack[lo[k]]
+            elif exact_hi[k]:
+                array[k] = stack[hi[k]]
+            else:
+                array[k] = (1 - w[k]) * stack[lo[k]].astype(np.float32) + w[k] * stack[hi[k]].astype(np.float32)
+        nearest = [float(np.min(np.abs(dist - grid[k]))) for k in interpolated]
+        notes["dicom_interpolated_slices"] = {
+            "grid_slices": interpolated, "recorded_slices": len(files), "grid_size": n_grid, "grid_step_mm": step,
+            "max_distance_to_a_recorded_slice_mm": round(max(nearest), 4),
+            "method": "linear between the two neighbouring recorded slices; the others are kept unchanged",
+        }
+        logger.warning(
+            "%s: %d recorded slices with gaps %.3f..%.3f mm read onto a regular grid of %d slices of %.4f mm: "
+            "grid slices %s are interpolated linearly between their neighbours (up to %.3f mm from a recorded slice); "
+            "every other slice is a recorded one, unchanged",
+            folder, len(files), gaps.min(), gaps.max(), n_grid, step, interpolated[:10], max(nearest),
+        )
+    # RAS affine from the DICOM geometry itself: columns along the row and column directions
+    # (PixelSpacing) and the normal (grid step), origin at the first slice's ImagePositionPatient
+    sx, sy = img.GetSpacing()[:2]
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * sx, col * sy, normal * step, pos[0]
+    return array.transpose(2, 1, 0), _LPS_TO_RAS @ lps
 
 
 def creation_mode(directory: bool = False) -> int:

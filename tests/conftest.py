@@ -77,9 +77,11 @@ def axcodes_affine(codes: str, spacing=(2.0, 2.0, 2.0)) -> np.ndarray:
 
 def write_dicom_series(folder: Path, array: np.ndarray, spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
                        series_uid: str = "1.2.826.0.1.3680043.2.1125.1.1", description: str = "T1",
-                       slice_positions: list[float] | None = None) -> list[Path]:
+                       slice_positions: list[float] | None = None, tilt_mm_per_slice: float = 0.0,
+                       first_index: int = 0) -> list[Path]:
     """Write ``array (I, J, K)`` int16 as an axial DICOM series (one file per k), LPS identity
-    direction; ``slice_positions`` (mm along z) override the regular ones."""
+    direction; ``slice_positions`` (mm along z) override the regular ones; ``tilt_mm_per_slice``
+    moves slice k by k times that along y (a gantry tilt: positions not along the normal)."""
     import SimpleITK as sitk
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,13 +94,13 @@ def write_dicom_series(folder: Path, array: np.ndarray, spacing=(1.0, 1.0, 2.0),
         tags = {
             "0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series_uid, "0008|103e": description,
-            "0020|0013": str(k + 1), "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0032": f"{origin[0]}\\{origin[1]}\\{z}", "0028|0030": f"{spacing[1]}\\{spacing[0]}",
-            "0018|0050": str(spacing[2]), "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|0013": str(first_index + k + 1), "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": f"{origin[0]}\\{origin[1] + k * tilt_mm_per_slice}\\{z}", "0028|0030": f"{spacing[1]}\\{spacing[0]}",
+            "0018|0050": str(spacing[2]), "0008|0018": f"{series_uid}.{first_index + k + 1}",
         }
         for key, value in tags.items():
             sl.SetMetaData(key, value)
-        f = folder / f"s{series_uid.replace('.', '_')}_{k:04d}.dcm"
+        f = folder / f"s{series_uid.replace('.', '_')}_{first_index + k:04d}.dcm"
         writer.SetFileName(str(f))
         writer.Execute(sl)
         files.append(f)

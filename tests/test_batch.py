@@ -93,7 +93,9 @@ def _bad_corpus(tmp: Path) -> dict[str, Path]:
     hdr.set_sform(AFF, code=1)
     huge = tmp / "huge.nii"
     huge.write_bytes(hdr.binaryblock + b"\0" * 4 + np.arange(1000, dtype=np.int16).tobytes())
-    return {"good": good, "truncated": trunc, "corrupt": corrupt, "nan_slope": nanslope, "two_d": two_d,
+    fifo = tmp / "pipe.nii.gz"  # would block a reader forever
+    os.mkfifo(fifo)
+    return {"fifo": fifo, "good": good, "truncated": trunc, "corrupt": corrupt, "nan_slope": nanslope, "two_d": two_d,
             "four_d": four_d, "nan_voxels": nan_voxels, "dicom_missing": missing, "huge": huge}
 
 
@@ -110,7 +112,7 @@ def test_bad_input_corpus(tmp_path, tiny_checkpoint):
     rep = translate(tiny_checkpoint, [str(p) for p in files.values()], tmp_path / "out", "mr2ct", device="cpu")
     # the 16 GiB volume was refused from its header: the process peak grew by far less than it
     assert _peak_rss_mib() - peak_before < 1024
-    expect_fail = {"truncated": "could not be read", "corrupt": "could not be read", "two_d": "expected a 3D volume",
+    expect_fail = {"truncated": "could not be read", "corrupt": "not a NIfTI file", "fifo": "not a regular file", "two_d": "expected a 3D volume",
                    "four_d": "expected a 3D volume", "nan_voxels": "NaN or Inf", "dicom_missing": "missing or duplicated",
                    "huge": "more than the limit"}
     for key, message in expect_fail.items():
@@ -119,7 +121,7 @@ def test_bad_input_corpus(tmp_path, tiny_checkpoint):
     raw = read_volume(files["nan_slope"]).array  # a NaN slope means raw values, not garbage
     assert raw.max() == 499 and raw.min() == 0
     records = Manifest(tmp_path / "out", 0, 1).records()
-    assert {r["status"] for r in records.values()} == {"done", "failed"} and len(records) == 9
+    assert {r["status"] for r in records.values()} == {"done", "failed"} and len(records) == 10
     assert all(r["error"] for r in records.values() if r["status"] == "failed")
 
 

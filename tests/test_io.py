@@ -73,7 +73,7 @@ def test_scale_slope_is_applied(tmp_path):
     [
         (lambda p: p / "missing.nii.gz", "no such file"),
         (lambda p: _write(p / "text.nii.gz", b"hello"), "could not be read"),
-        (lambda p: _write(p / "trunc.nii.gz", gzip.compress(b"\x00" * 400)[:50]), "could not be read"),
+        (lambda p: _write(p / "trunc.nii.gz", gzip.compress(b"\x00" * 400)[:50]), "not a NIfTI file"),
         (lambda p: write_nifti_file(p / "two_d.nii.gz", _vol((12, 10)), np.eye(4)), "expected a 3D volume"),
         (lambda p: write_nifti_file(p / "four_d.nii.gz", _vol((6, 6, 6, 3)), np.eye(4)), "expected a 3D volume"),
         (lambda p: write_nifti_file(p / "nan.nii.gz", np.where(_vol() > 1, np.nan, 1).astype(np.float32), np.eye(4)), "NaN or Inf"),
@@ -123,14 +123,83 @@ def test_expand_inputs(tmp_path):
     assert [p.name for p in got] == ["a.nii.gz", "b.nrrd", "dicom", "missing.nii"]
 
 
+def _recorded_positions_ras(folder: Path) -> np.ndarray:
+    """ImagePositionPatient of every file of a series, in RAS, sorted along the slice normal."""
+    pos, iop = [], None
+    for f in sitk.ImageSeriesReader().GetGDCMSeriesFileNames(str(folder)):
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        r.ReadImageInformation()
+        pos.append([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
+        iop = [float(v) for v in r.GetMetaData("0020|0037").split("\\")]
+    pos = np.asarray(pos)
+    pos = pos[np.argsort(pos @ np.cross(iop[:3], iop[3:]))]
+    return pos * [-1, -1, 1]
+
+
 @requires_data
-def test_shared_dicom_series_matches_its_nifti():
-    """The oblique MEMPRAGE series (one 2 mm gap among 1 mm gaps) reads on the grid of its NIfTI."""
-    d = read_volume(DATA_DIR / "head/dicom/adi-t1-memprage")
+def test_shared_dicom_series_keeps_every_slice_where_it_was_recorded():
+    """The oblique MEMPRAGE series has one 2 mm gap among 1 mm gaps (a missing slice). Each of its
+    175 slices is read unchanged at its recorded position; the missing one is interpolated and
+    reported. (Its NIfTI beside it is on the mean-gap grid: slices up to 0.5 mm off.)"""
+    folder = DATA_DIR / "head/dicom/adi-t1-memprage"
+    d = read_volume(folder)
     n = read_volume(DATA_DIR / "head/mr/adi-t1-memprage.nii.gz")
-    assert d.array.shape == n.array.shape
-    np.testing.assert_allclose(d.affine, n.affine, atol=1e-3)
-    np.testing.assert_array_equal(d.array, n.array)
+    assert d.array.shape == (192, 192, 176) and n.array.shape == (192, 192, 175)
+    note = d.notes["dicom_interpolated_slices"]
+    assert note["grid_slices"] == [114] and note["recorded_slices"] == 175
+    recorded = [k for k in range(176) if k != 114]
+    world = (d.affine @ np.array([[0, 0, k, 1] for k in recorded], float).T)[:3].T
+    np.testing.assert_allclose(world, _recorded_positions_ras(folder), atol=1e-3)
+    # same voxels as the NIfTI conversion, slice for slice, and the missing slice between its neighbours
+    np.testing.assert_array_equal(d.array[:, :, recorded], n.array)
+    np.testing.assert_allclose(d.array[:, :, 114], (n.array[:, :, 113] + n.array[:, :, 114]) / 2, atol=1e-3)
+    np.testing.assert_allclose(d.affine[:3, :2], n.affine[:3, :2], atol=1e-4)
+
+
+def test_dicom_missing_slice_is_interpolated_and_no_slice_moves(tmp_path):
+    from tests.conftest import write_dicom_series
+
+    vol = (np.random.default_rng(0).random((12, 10, 8)) * 1000).astype(np.int16)
+    positions = [3.0 * k for k in range(8)]
+    keep = [0, 1, 2, 4, 5, 6, 7]  # slice 3 (9 mm) missing
+    write_dicom_series(tmp_path / "s", vol[:, :, keep], spacing=(1.0, 1.0, 3.0), slice_positions=[positions[k] for k in keep])
+    v = read_volume(tmp_path / "s")
+    assert v.array.shape == (12, 10, 8) and v.notes["dicom_interpolated_slices"]["grid_slices"] == [3]
+    np.testing.assert_array_equal(v.array[:, :, keep], vol[:, :, keep])
+    np.testing.assert_allclose(v.array[:, :, 3], (vol[:, :, 2].astype(float) + vol[:, :, 4]) / 2, atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(v.affine[:3, 2]), 3.0, atol=1e-6)
+
+
+def test_dicom_uneven_slices_are_interpolated_onto_a_regular_grid(tmp_path):
+    from tests.conftest import write_dicom_series
+
+    vol = np.stack([np.full((6, 5), 100 * k, np.int16) for k in range(5)], axis=2)
+    positions = [0.0, 2.0, 4.6, 6.0, 8.0]  # the third slice 0.6 mm off the 2 mm grid
+    write_dicom_series(tmp_path / "s", vol, spacing=(1.0, 1.0, 2.0), slice_positions=positions)
+    v = read_volume(tmp_path / "s")
+    assert v.notes["dicom_interpolated_slices"]["grid_slices"] == [2]
+    # grid 4 mm lies between the slices at 2 mm (100) and 4.6 mm (200): 2.0 / 2.6 of the way
+    np.testing.assert_allclose(v.array[0, 0, :], [0, 100, 100 + 100 * 2.0 / 2.6, 300, 400], atol=1e-3)
+
+
+def test_gantry_tilted_dicom_series_is_refused(tmp_path):
+    from tests.conftest import write_dicom_series
+
+    vol = (np.arange(12 * 10 * 6) % 300).astype(np.int16).reshape(12, 10, 6)
+    write_dicom_series(tmp_path / "s", vol, spacing=(1.0, 1.0, 3.0), tilt_mm_per_slice=0.5)
+    with pytest.raises(VolumeError, match="gantry-tilted or sheared"):
+        read_volume(tmp_path / "s")
+
+
+def test_dicom_slice_of_another_size_is_named(tmp_path):
+    from tests.conftest import write_dicom_series
+
+    vol = (np.arange(12 * 10 * 6) % 300).astype(np.int16).reshape(12, 10, 6)
+    write_dicom_series(tmp_path / "s", vol[:, :, :5], spacing=(1.0, 1.0, 2.0))
+    odd = write_dicom_series(tmp_path / "s", vol[:8, :, 5:], spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 10.0), first_index=5)
+    with pytest.raises(VolumeError, match=rf"{odd[0].name}.*one series must have one slice geometry"):
+        read_volume(tmp_path / "s")
 
 
 @requires_data
@@ -307,3 +376,108 @@ def test_block_writer_is_forward_only(tmp_path):
         with pytest.raises(OSError, match="forward-only"):
             sink.seek(1)
     assert (tmp_path / "f").read_bytes() == b"ab\0\0\0c"
+
+
+def _nifti_with(path: Path, array: np.ndarray, edit=None) -> Path:
+    """``array`` as NIfTI with an sform and qform of a 2 mm grid, then ``edit(header)`` applied
+    to the stored header."""
+    img = nib.Nifti1Image(array, np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    raw = img.to_bytes()  # nibabel would rewrite the forms and scaling from the image on saving
+    hdr = nib.Nifti1Header(binaryblock=raw[:348], check=False)
+    if edit is not None:
+        edit(hdr)
+    raw = hdr.binaryblock + raw[348:]
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+def _raw_nifti(path: Path, dims, dtype, data: bytes) -> Path:
+    hdr = nib.Nifti1Header()
+    hdr["dim"] = [3, *dims, 1, 1, 1, 1]
+    hdr.set_data_dtype(dtype)
+    hdr.set_sform(np.eye(4), code=1)
+    hdr["vox_offset"] = 352
+    raw = hdr.binaryblock + b"\0" * 4 + data
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+def _no_forms(h):
+    h["qform_code"] = 0
+    h["sform_code"] = 0
+
+
+def _pixdim_zero(h):
+    h["sform_code"] = 0
+    h["pixdim"][2] = 0
+
+
+def _disagree(h):
+    q = np.diag([-2.0, 2.0, 2.0, 1.0])
+    q[:3, 3] = [50.0, 0, 0]
+    h.set_qform(q, code=1)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: _nifti_with(p / "noforms.nii.gz", _vol(), _no_forms), "neither a qform nor an sform"),
+        (lambda p: _nifti_with(p / "pixdim0.nii.gz", _vol(), _pixdim_zero), "pixdim"),
+        (lambda p: _nifti_with(p / "disagree.nii.gz", _vol(), _disagree), "qform and sform disagree"),
+        (lambda p: _nifti_with(p / "complex.nii.gz", _vol().astype(np.complex64)), "complex voxels"),
+        (lambda p: _nifti_with(p / "infslope.nii", _vol().astype(np.int16),
+                               lambda h: h.__setitem__("scl_slope", np.inf)), "scaling is infinite"),
+        (lambda p: _nifti_with(p / "overflow.nii", (_vol() * 100).astype(np.int16),
+                               lambda h: h.__setitem__("scl_slope", 3e38)), "overflowed float32"),
+        (lambda p: _raw_nifti(p / "rgb.nii", (4, 4, 4), np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")]), b"\0" * 192),
+         "RGB or vector"),
+        (lambda p: _raw_nifti(p / "negdim.nii", (4, -3, 4), np.int16, b"\0" * 96), "dimensions"),
+        (lambda p: _raw_nifti(p / "big.nii.gz", (1000, 1000, 1000), np.int16, b"\0" * 4096), "truncated or corrupt"),
+        (lambda p: _raw_nifti(p / "short.nii", (40, 40, 40), np.int16, b"\0" * 4096), "truncated"),
+    ],
+)
+def test_made_up_or_impossible_headers_are_refused(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(VolumeError) as info:
+        read_volume(path)
+    assert str(path) in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_header_checks_refuse_before_allocating(tmp_path, monkeypatch):
+    """A header of just under 2^30 voxels over 4 KB of data fails without reading any voxel."""
+    path = _raw_nifti(tmp_path / "big.nii.gz", (1023, 1024, 1024), np.int16, b"\0" * 4096)
+    called = []
+    monkeypatch.setattr(nib.Nifti1Image, "from_file_map", classmethod(lambda *a, **k: called.append(1)))
+    with pytest.raises(VolumeError, match="truncated or corrupt"):
+        read_volume(path)
+    assert not called
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti2_is_read(tmp_path, suffix):
+    arr = _vol().astype(np.float32)
+    aff = oblique_affine()
+    nib.save(nib.Nifti2Image(arr, aff), str(tmp_path / f"x{suffix}"))
+    v = read_volume(tmp_path / f"x{suffix}")
+    np.testing.assert_array_equal(v.array, arr)
+    np.testing.assert_allclose(v.affine, aff, atol=1e-5)
+
+
+def test_fifo_and_link_loop_are_refused_without_hanging(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(VolumeError, match="FIFO"):
+        read_volume(fifo)
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(VolumeError, match="loop of symbolic links"):
+        read_volume(a)
+    dangling = tmp_path / "dangling.nii.gz"
+    dangling.symlink_to(tmp_path / "gone.nii.gz")
+    with pytest.raises(FileNotFoundError, match="symbolic link to .*gone.nii.gz"):
+        read_volume(dangling)
