@@ -21,8 +21,13 @@ tensors, so memory is bounded whatever the number of scans; headers claiming mor
 **Manifest and resume**: each rank appends one JSON line per scan to ``manifest.jsonl``
 (``manifest-rank{r}.jsonl`` under several ranks) after its outputs are in place: status,
 error, output names, SHA-256 checksums, input hash and timings. A rerun skips scans whose
-latest record is ``done`` and whose outputs still exist; a killed run leaves only complete
-outputs (temporary files never carry the final name) and redoes the rest.
+latest record for the same task is ``done`` with the same task key (checkpoint checksum,
+config, direction and options, see :func:`task_key`), the same input content (SHA-256) and
+outputs still in place with their recorded sizes and checksums; any other scan is done again
+and its outputs replaced atomically (outputs of the earlier run that the new one does not make,
+such as a ``_seg`` of a run with ``--segment``, are removed). Every output is synced to the
+device before its record is written. A killed run leaves only complete outputs (temporary files
+never carry the final name) and redoes the rest.
 
 **Sharding**: under ``torchrun`` (``RANK``/``WORLD_SIZE``) scan ``i`` of the planned list goes to
 rank ``i % WORLD_SIZE``; every rank plans the same list, so no scan is done twice.
@@ -101,11 +106,19 @@ class ScanJob:
     source: Path
     stem: str
     series_uid: str | None = None
+    #: the folder holds other series too (reports then name the series)
+    one_of_several: bool = False
+
+    @property
+    def label(self) -> str:
+        """How reports name this scan: the path, plus the series of a DICOM folder with several."""
+        return f"{self.source} [series {self.series_uid}]" if self.one_of_several else str(self.source)
 
 
 @dataclass
 class BatchReport:
-    """Outcome of a batch (this rank): written outputs per input, failures with why, skipped scans."""
+    """Outcome of a batch (this rank): written outputs per scan, failures with why, skipped scans;
+    keyed by :attr:`ScanJob.label` (so each series of a DICOM folder counts)."""
 
     written: dict[str, list[str]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
@@ -141,7 +154,7 @@ def plan_jobs(inputs: list[str | os.PathLike], series_uid: str | None = None, se
                 continue
             for s in series:
                 stem = _safe(p.name) if len(series) == 1 else _safe(f"{p.name}_{s.description or s.uid[-12:]}")
-                jobs.append(ScanJob(p, stem, s.uid))
+                jobs.append(ScanJob(p, stem, s.uid, len(series) > 1))
         else:
             jobs.append(ScanJob(p, _safe(strip_image_suffix(p))))
     seen: dict[str, int] = {}
@@ -151,7 +164,7 @@ def plan_jobs(inputs: list[str | os.PathLike], series_uid: str | None = None, se
     for j in jobs:
         if seen[j.stem] > 1:  # same name from different folders: add a hash of the full path
             h = hashlib.sha1(f"{j.source.resolve()}|{j.series_uid}".encode()).hexdigest()[:8]
-            j = ScanJob(j.source, f"{j.stem}-{h}", j.series_uid)
+            j = ScanJob(j.source, f"{j.stem}-{h}", j.series_uid, j.one_of_several)
         out.append(j)
     return out
 
@@ -179,30 +192,51 @@ class Manifest:
         self.path = output_dir / ("manifest.jsonl" if world_size == 1 else f"manifest-rank{rank}.jsonl")
         self.lock = threading.Lock()
 
-    def records(self) -> dict[str, dict]:
-        """Latest record per stem over every manifest in the folder."""
-        latest: dict[str, dict] = {}
+    def records(self) -> dict[tuple[str, str], dict]:
+        """Latest record per ``(stem, task name)`` over every manifest in the folder."""
+        latest: dict[tuple[str, str], dict] = {}
         for f in sorted(self.dir.glob("manifest*.jsonl")):
             for line in f.read_text().splitlines():
                 try:
                     rec = json.loads(line)
-                    latest[str(rec["stem"])] = rec
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    latest[(str(rec["stem"]), str(rec.get("task", "")))] = rec
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                     continue  # a line cut by a kill
         return latest
 
-    def finished(self) -> set[str]:
-        """Stems whose latest record is ``done`` and whose outputs are all present in the folder."""
-        done = set()
+    def _outputs_intact(self, rec: dict) -> bool:
+        """Every output a record names is a file in this folder with the recorded size and SHA-256."""
+        sums, sizes = rec.get("sha256") or {}, rec.get("sizes") or {}
+        names = rec.get("outputs") or []
         root = self.dir.resolve()
-        for stem, rec in self.records().items():
-            if rec.get("status") != "done":
+        if not names or set(names) != set(sums) or set(names) != set(sizes):
+            return False
+        for n in names:
+            if not isinstance(n, str) or "/" in n or "\\" in n:
+                return False
+            p = (self.dir / n).resolve()
+            if p.parent != root or not p.is_file() or p.stat().st_size != sizes[n] or sha256_of(p) != sums[n]:
+                logger.warning("%s: changed or missing since it was recorded; the scan is done again", p)
+                return False
+        return True
+
+    def finished(self, jobs: list[ScanJob], task_name: str, task_key: str) -> tuple[set[str], dict[str, dict]]:
+        """Which ``jobs`` are done: their latest record for this task is ``done`` with the same
+        task key (checkpoint, options), the same input content (SHA-256) and outputs that are
+        still in place with their recorded size and checksum. Returns ``(done stems, the latest
+        records of the others)``; any other record means the scan is done again."""
+        records = self.records()
+        done, previous = set(), {}
+        for job in jobs:
+            rec = records.get((job.stem, task_name))
+            if rec is None:
                 continue
-            names = rec.get("outputs") or []
-            paths = [(self.dir / n).resolve() for n in names if isinstance(n, str) and "/" not in n and "\\" not in n]
-            if paths and len(paths) == len(names) and all(p.parent == root and p.is_file() for p in paths):
-                done.add(stem)
-        return done
+            if (rec.get("status") == "done" and rec.get("task_key") == task_key and rec.get("series_uid") == job.series_uid
+                    and _same_content(job.source, rec.get("input_sha256")) and self._outputs_intact(rec)):
+                done.add(job.stem)
+            else:
+                previous[job.stem] = rec
+        return done, previous
 
     def append(self, record: dict) -> None:
         line = json.dumps(record) + "\n"
@@ -210,6 +244,20 @@ class Manifest:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+
+def _same_content(path: Path, digest: str | None) -> bool:
+    try:
+        return digest is not None and sha256_of(path) == digest
+    except (OSError, ValueError):  # gone, or not a regular file: the scan is redone and reports why
+        return False
+
+
+def task_key(provenance: dict) -> str:
+    """SHA-256 of what decides a task's outputs besides the input: its provenance (checkpoint
+    checksum, config, direction, options such as ``--segment``) and the medgan version."""
+    blob = json.dumps({"provenance": provenance, "medgan": medgan.__version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _check_writable(folder: Path) -> None:
@@ -242,6 +290,20 @@ def default_workers(device: Any, n_scans: int, workers: int | None = None) -> tu
     return n, max(1, cores // n), io
 
 
+def _stale_outputs(record: dict | None, names: list[str], out: Path) -> list[Path]:
+    """Files an earlier record of the same scan and task lists that the new outputs do not replace."""
+    if not record:
+        return []
+    root = out.resolve()
+    stale = []
+    for n in record.get("outputs") or []:
+        if isinstance(n, str) and n not in names and "/" not in n and "\\" not in n:
+            p = out / n
+            if p.resolve().parent == root and p.is_file():
+                stale.append(p)
+    return stale
+
+
 def run_batch(
     task: VolumeTask,
     jobs: list[ScanJob],
@@ -256,6 +318,7 @@ def run_batch(
     rank: int | None = None,
     world_size: int | None = None,
     manifest: bool = True,
+    tune_allocator: bool = True,
     on_result: Callable[[ScanJob, list[Path] | None, str | None], None] | None = None,
 ) -> BatchReport:
     """Run ``task`` over ``jobs`` (this rank's share), writing into ``output_dir``.
@@ -272,6 +335,9 @@ def run_batch(
         max_voxels: scans whose header gives more voxels fail without being read.
         rank, world_size: default from torchrun's environment.
         manifest: keep ``manifest*.jsonl`` and skip scans it records as done.
+        tune_allocator: on CPU, let glibc keep freed activation pages for reuse
+            (:func:`medgan.inference.reuse_freed_memory`): process-wide and lasting, which is why
+            it is an option of the batch and not done when a model is loaded.
         on_result: ``on_result(job, written_or_None, error_or_None)`` after each scan.
 
     Memory is bounded whatever the number of scans: at most ``max_volumes`` full-resolution
@@ -289,17 +355,18 @@ def run_batch(
     rank = env_rank if rank is None else rank
     world = env_world if world_size is None else world_size
     device = getattr(task, "device", "cpu")
-    if getattr(device, "type", str(device)) == "cpu":
+    if tune_allocator and getattr(device, "type", str(device)) == "cpu":
         reuse_freed_memory()
+    provenance = task.provenance()
+    key = task_key(provenance)
     man = Manifest(out, rank, world) if manifest else None
-    done = man.finished() if man else set()
+    share = [job for i, job in enumerate(jobs) if i % world == rank]
+    done, previous = man.finished(share, task.name, key) if man else (set(), {})
     report = BatchReport()
     mine = []
-    for i, job in enumerate(jobs):
-        if i % world != rank:
-            continue
+    for job in share:
         if job.stem in done:
-            report.skipped.append(str(job.source))
+            report.skipped.append(job.label)
         else:
             mine.append(job)
     for job in mine:  # temporaries of this rank's scans left by a killed run
@@ -309,15 +376,17 @@ def run_batch(
         logger.info("rank %d: %d scans already done, %d to do", rank, len(report.skipped), len(mine))
     n_workers, worker_threads, n_io = default_workers(device, len(mine), workers)
     n_io = io_threads or n_io
-    provenance = task.provenance()
 
     def fail(job: ScanJob, err: BaseException, timings: dict) -> None:
         msg = str(err) if str(job.source) in str(err) else f"{job.source}: {err}"
+        if job.one_of_several and job.series_uid not in msg:
+            msg += f" [series {job.series_uid}]"
         logger.error("failed: %s", msg)
-        report.failed[str(job.source)] = msg
+        report.failed[job.label] = msg
         if man:
-            man.append({"stem": job.stem, "input": str(job.source), "series_uid": job.series_uid, "status": "failed",
-                        "error": msg, "timings": timings, "rank": rank, "time": time.time()})
+            man.append({"stem": job.stem, "task": task.name, "task_key": key, "input": str(job.source),
+                        "series_uid": job.series_uid, "status": "failed", "error": msg, "timings": timings,
+                        "rank": rank, "time": time.time()})
         if on_result:
             on_result(job, None, msg)
 
@@ -326,8 +395,10 @@ def run_batch(
     def load(job: ScanJob, timings: dict) -> tuple[Grid, Any]:
         with full_volumes:
             t0 = time.perf_counter()
+            timings["input_sha256"] = sha256_of(job.source)  # of the content before it is read
             vol = read_volume(job.source, series_uid=job.series_uid, as_float=False, max_voxels=max_voxels,
                               check_values=getattr(task, "check_values", True))
+            timings["geometry_notes"] = vol.notes
             prepared = task.prepare(vol)
             timings["read_s"] = round(time.perf_counter() - t0, 3)
             return vol.grid, prepared  # the voxels are not kept: memory stays bounded
@@ -355,19 +426,29 @@ def run_batch(
                     sums[path.name] = digest.hexdigest()
                 del arrays, arr
                 timings["write_s"] = round(time.perf_counter() - t0, 3)
+            input_sha = timings.pop("input_sha256")
+            notes = timings.pop("geometry_notes")
             sidecar = {
-                **provenance, "medgan_version": medgan.__version__, "task": task.name,
-                "input": str(Path(job.source).resolve()), "series_uid": job.series_uid, "input_sha256": sha256_of(job.source),
+                **provenance, "medgan_version": medgan.__version__, "task": task.name, "task_key": key,
+                "input": str(Path(job.source).resolve()), "series_uid": job.series_uid, "input_sha256": input_sha,
                 "input_shape": list(vol.shape), "input_affine": np.round(vol.affine, 6).tolist(),
-                "outputs": sums, "timings": timings,
+                "input_geometry": notes, "outputs": sums, "timings": timings,
             }
-            side = atomic_write_text(out / f"{job.stem}_{task.name}.json", json.dumps(sidecar, indent=2))
+            text = json.dumps(sidecar, indent=2)
+            side = atomic_write_text(out / f"{job.stem}_{task.name}.json", text)
+            sums[side.name] = hashlib.sha256(text.encode()).hexdigest()
             names = [p.name for p in written] + [side.name]
+            sizes = {n: (out / n).stat().st_size for n in names}
+            stale = _stale_outputs(previous.get(job.stem), names, out)
             if man:
-                man.append({"stem": job.stem, "input": str(job.source), "series_uid": job.series_uid, "status": "done",
-                            "error": None, "outputs": names, "sha256": sums, "input_sha256": sidecar["input_sha256"],
-                            "timings": timings, "rank": rank, "time": time.time()})
-            report.written[str(job.source)] = [str(p) for p in [*written, side]]
+                man.append({"stem": job.stem, "task": task.name, "task_key": key, "input": str(job.source),
+                            "series_uid": job.series_uid, "status": "done", "error": None, "outputs": names,
+                            "sha256": sums, "sizes": sizes, "input_sha256": input_sha, "timings": timings,
+                            "rank": rank, "time": time.time()})
+            for p in stale:  # outputs of an earlier run of this scan that this run does not make (e.g. _seg)
+                logger.info("%s: removed, an output of an earlier run with other options", p)
+                p.unlink(missing_ok=True)
+            report.written[job.label] = [str(p) for p in [*written, side]]
             if on_result:
                 on_result(job, [*written, side], None)
         except Exception as err:  # noqa: BLE001 - one scan's failure must not stop the batch

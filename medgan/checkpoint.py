@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medgan.io import creation_mode
+from medgan.io import creation_mode, fsync_dir
 
 WEIGHTS = "weights.safetensors"
 STATE = "training_state.pt"
@@ -49,9 +50,14 @@ def save_checkpoint(
             torch.save(training_state, tmp / STATE)
         (tmp / CONFIG).write_text(config_yaml)
         (tmp / META).write_text(json.dumps(meta, indent=2))
+        for f in tmp.iterdir():  # durable before it carries the final name
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

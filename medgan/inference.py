@@ -37,7 +37,9 @@ def reuse_freed_memory() -> bool:
     or the jemalloc/tcmalloc preload of PyTorch's CPU performance guide. Measured on four such
     CTs: 2.5 million faults -> 0.86 million, 19.4 s -> 15.9 s, peak memory 1093 -> 1084 MiB
     (the pages are reused, not added). Larger blocks (whole volumes) still go back to the OS at
-    once. Process-wide, from the next allocation on; a no-op returning ``False`` off glibc.
+    once. Process-wide, from the next allocation on, and for the rest of the process: so only
+    the batch engine (``run_batch(tune_allocator=True)``, its default) and the ``medgan``
+    command call it, never a model's constructor; a no-op returning ``False`` off glibc.
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -54,17 +56,14 @@ def reuse_freed_memory() -> bool:
 
 
 def inference_device(device: str = "auto") -> torch.device:
-    """The device a model loaded for inference runs on (``"auto"``: CUDA when present). On CPU
-    this also calls :func:`reuse_freed_memory`, before the model's networks allocate anything,
-    so that every thread that later runs them shares the tuned allocator.
+    """The device a model loaded for inference runs on (``"auto"``: CUDA when present). Changes
+    nothing in the process: the allocator tuning of :func:`reuse_freed_memory` is left to the
+    batch engine (:func:`medgan.batch.run_batch`) and the CLI.
 
     Raises:
         ValueError: CUDA requested but not available.
     """
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        reuse_freed_memory()
-    return dev
+    return resolve_device(device)
 
 
 _fitted: dict[tuple[int, tuple[int, ...], str], int] = {}

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from medgan.batch import Manifest, plan_jobs
-from medgan.io import read_volume
+from medgan.io import read_volume, sha256_of
 from pipelines.cyclegan.translate import translate
 from tests.conftest import ROOT, write_dicom_series, write_nifti_file
 
@@ -164,7 +164,14 @@ def test_manifest_entries_outside_the_folder_are_ignored(tmp_path):
     out.mkdir()
     (tmp_path / "elsewhere.nii.gz").write_text("x")
     (out / "manifest.jsonl").write_text(json.dumps({"stem": "s", "status": "done", "outputs": ["../elsewhere.nii.gz"]}) + "\n")
-    assert Manifest(out, 0, 1).finished() == set()
+    from medgan.batch import ScanJob
+
+    job = ScanJob(tmp_path / "elsewhere.nii.gz", "s")
+    (out / "manifest.jsonl").write_text(json.dumps({"stem": "s", "task": "mr2ct", "task_key": "k", "status": "done",
+                                                    "outputs": ["../elsewhere.nii.gz"], "input_sha256": sha256_of(job.source),
+                                                    "sha256": {"../elsewhere.nii.gz": sha256_of(job.source)},
+                                                    "sizes": {"../elsewhere.nii.gz": 1}}) + "\n")
+    assert Manifest(out, 0, 1).finished([job], "mr2ct", "k")[0] == set()
 
 
 def test_two_ranks_give_the_same_outputs_as_one(tmp_path, tiny_checkpoint):
@@ -216,3 +223,82 @@ def test_batch_leaves_the_callers_gc_as_it_was(tmp_path, tiny_checkpoint):
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def _other_checkpoint(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` with one weight changed: another model of the same config."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    t = load_file(str(dst / "weights.safetensors"))
+    name = sorted(k for k in t if k.startswith("G_MR2CT") and k.endswith("weight"))[0]
+    t[name] = t[name] + 0.01
+    save_file(t, str(dst / "weights.safetensors"))
+    return dst
+
+
+def test_resume_redoes_what_was_asked_differently(tmp_path, tiny_checkpoint):
+    """A scan counts as done only for the same input content, checkpoint, direction and options,
+    with its outputs intact; otherwise it is redone and its outputs replaced."""
+    a = _scan(tmp_path / "in" / "a.nii.gz", 0)
+    b = _scan(tmp_path / "in" / "b.nii.gz", 1)
+    out = tmp_path / "out"
+
+    def run(ckpt=tiny_checkpoint, direction="mr2ct", segment=False):
+        return translate(ckpt, [a, b], out, direction, segment=segment, device="cpu")
+
+    first = run()
+    assert len(first.written) == 2 and not first.skipped
+    assert len(run().skipped) == 2  # the same command: nothing to do
+    seg = run(segment=True)  # --segment: redone, with the labels
+    assert len(seg.written) == 2 and (out / "a_mr2ct_seg.nii.gz").is_file()
+    plain = run()  # without --segment again: redone, the stale labels removed
+    assert len(plain.written) == 2 and not (out / "a_mr2ct_seg.nii.gz").exists()
+    other = run(ckpt=_other_checkpoint(Path(tiny_checkpoint), tmp_path / "other_ckpt"))
+    assert len(other.written) == 2
+    assert len(run(direction="ct2mr").written) == 2  # the other direction: its own outputs
+    assert (out / "a_mr2ct.nii.gz").is_file() and (out / "a_ct2mr.nii.gz").is_file()
+    assert len(run(ckpt=tmp_path / "other_ckpt").skipped) == 2
+    _scan(a, 7)  # new content under the same name
+    redo = run(ckpt=tmp_path / "other_ckpt")
+    assert list(redo.written) == [str(a)] and redo.skipped == [str(b)]
+    sidecar = json.loads((out / "a_mr2ct.json").read_text())
+    assert sidecar["input_sha256"] == sha256_of(a)
+    # an output changed or removed since it was recorded: redone
+    data = bytearray((out / "b_mr2ct.nii.gz").read_bytes())
+    data[-20] ^= 0xFF
+    (out / "b_mr2ct.nii.gz").write_bytes(bytes(data))
+    assert list(run(ckpt=tmp_path / "other_ckpt").written) == [str(b)]
+    (out / "a_mr2ct.json").unlink()
+    assert list(run(ckpt=tmp_path / "other_ckpt").written) == [str(a)]
+
+
+def test_dicom_folder_with_two_series_counts_two_scans(tmp_path, tiny_checkpoint):
+    vol = (np.random.default_rng(2).random((40, 36, 12)) * 500).astype(np.int16)
+    write_dicom_series(tmp_path / "study", vol, series_uid="1.2.3.4.100", description="T1")
+    write_dicom_series(tmp_path / "study", vol[::-1], series_uid="1.2.3.4.200", description="T2")
+    proc = _cli("translate", str(tmp_path / "study"), "-c", str(tiny_checkpoint), "-d", "mr2ct", "-o",
+                str(tmp_path / "out"), "--device", "cpu")
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text
+    assert "2 translated, 0 failed, 0 already done" in text
+
+
+def test_loading_a_model_leaves_the_process_allocator_alone(tmp_path, tiny_checkpoint, monkeypatch):
+    """Only the batch engine tunes glibc (process-wide): a Translator and translate_file do not."""
+    import medgan.batch as batch
+    import medgan.inference as inference
+    from pipelines.cyclegan.translate import Translator
+
+    calls = []
+    monkeypatch.setattr(batch, "reuse_freed_memory", lambda: calls.append("batch"))
+    monkeypatch.setattr(inference, "reuse_freed_memory", lambda: calls.append("inference"))
+    tr = Translator(tiny_checkpoint, "cpu")
+    scan = _scan(tmp_path / "a.nii.gz", 0)
+    tr.translate_volume(read_volume(scan), "mr2ct")
+    tr.translate_file(scan, tmp_path / "out", "mr2ct")
+    assert calls == []
+    translate(tiny_checkpoint, [scan], tmp_path / "out2", "mr2ct", device="cpu")
+    assert calls == ["batch"]

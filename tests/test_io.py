@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medgan.io import VolumeError, expand_inputs, read_label_map, read_volume, write_nifti
+from medgan.io import VolumeError, atomic_write_text, expand_inputs, read_label_map, read_volume, write_nifti
 from tests.conftest import DATA_DIR, axcodes_affine, oblique_affine, requires_data, write_nifti_file
 
 RNG = np.random.default_rng(0)
@@ -481,3 +481,31 @@ def test_fifo_and_link_loop_are_refused_without_hanging(tmp_path):
     dangling.symlink_to(tmp_path / "gone.nii.gz")
     with pytest.raises(FileNotFoundError, match="symbolic link to .*gone.nii.gz"):
         read_volume(dangling)
+
+
+def test_outputs_are_synced_before_and_after_their_rename(tmp_path, monkeypatch):
+    """write_nifti and atomic_write_text: data fsynced under the temporary name, then renamed,
+    then the folder fsynced; only then does the caller (e.g. the manifest) go on."""
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    for direct in (False, True):
+        events.clear()
+        out = write_nifti(tmp_path / f"y{direct}.nii.gz", _vol(), np.eye(4), direct=direct)
+        assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+        assert ".partial-" in events[0][1] and events[1][1] == str(out) and events[2][1] == str(tmp_path)
+    events.clear()
+    atomic_write_text(tmp_path / "s.json", "{}")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"] and events[2][1] == str(tmp_path)

@@ -31,7 +31,7 @@ class AddaSegmenter:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, AddaConfig)
-        self.device = inference_device(device)  # before the networks allocate (allocator tuning)
+        self.device = inference_device(device)
         self.nets = build_adda_networks(self.config)
         load_networks(self.folder, dict(self.nets.items()))
         self.nets.to(self.device).eval()

@@ -10,6 +10,8 @@ scans: manifest and resume, atomic outputs, sidecars, bad label maps reported.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import math
 from dataclasses import replace
@@ -50,7 +52,7 @@ class CVAESampler:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, CVAEConfig)
-        self.device = inference_device(device)  # before the networks allocate (allocator tuning)
+        self.device = inference_device(device)
         self.model = build_cvae(self.config)
         load_networks(self.folder, {"CVAE": self.model})
         self.model.to(self.device).eval()
@@ -120,7 +122,9 @@ class CVAESampleTask:
         s = self.sampler
         return {"checkpoint": str(s.folder.resolve()), "checkpoint_sha256": sha256_of(s.folder / WEIGHTS),
                 "config": s.config.model_dump(mode="json"), "samples_per_label_map": self.n,
-                "sample": self.cfg.model_dump(mode="json"), "domain": s.config.domain.name}
+                "sample": self.cfg.model_dump(mode="json"), "domain": s.config.domain.name,
+                # the seeds decide the samples, so a rerun with other seeds redoes them
+                "seeds_sha256": hashlib.sha256(json.dumps(self.seeds, sort_keys=True).encode()).hexdigest()}
 
 
 def sample(checkpoint: str | Path, labels: list[str | Path], n: int, output_dir: str | Path, seed: int = 0,

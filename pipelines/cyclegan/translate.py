@@ -50,7 +50,7 @@ class Translator:
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, CycleGANConfig)
         self.names = NetNames.of(self.config)
-        self.device = inference_device(device)  # before the networks allocate (allocator tuning)
+        self.device = inference_device(device)
         self.nets = build_networks(self.config)
         load_networks(self.folder, dict(self.nets.items()))
         self.nets.to(self.device).eval()
@@ -116,7 +116,8 @@ class Translator:
             VolumeError, FileNotFoundError: unreadable input or unwritable output folder.
         """
         job = plan_jobs([path])[0]
-        report = run_batch(self.task(direction, segment), [job], output_dir, prefetch=1, manifest=False, rank=0, world_size=1)
+        report = run_batch(self.task(direction, segment), [job], output_dir, prefetch=1, manifest=False, rank=0,
+                           world_size=1, tune_allocator=False)  # a library call leaves the process as it was
         if report.failed:
             raise VolumeError(next(iter(report.failed.values())))
         return [Path(p) for p in next(iter(report.written.values()))]
