@@ -105,6 +105,62 @@ def labels_to_input_grid(
     return out.round().astype(dtype)
 
 
+def onto_grid(volume: Volume, affine: np.ndarray, shape: Sequence[int], mode: str = "nearest") -> np.ndarray:
+    """``volume``'s values at the voxels of another grid (``affine`` RAS mm, ``shape (I, J, K)``),
+    matched by world position, never by voxel index.
+
+    Args:
+        mode: ``"nearest"`` for label maps: nearest neighbour, 0 (background) where the grid lies
+            outside the volume's extent; ``"exact"`` for intensities that must not be
+            interpolated (a paired reference): only a grid whose voxel centres are the volume's
+            own (the same voxels in another axis order or direction) is accepted, and its values
+            are copied.
+
+    Returns:
+        ``(I, J, K)`` array (float32) on the given grid; ``volume.array`` itself when the grids are equal.
+
+    Raises:
+        VolumeError: ``"exact"`` and the grids do not share their voxel centres (names the file).
+    """
+    from medgan.io import VolumeError
+
+    shape = tuple(int(s) for s in shape)
+    vox = np.linalg.solve(np.asarray(volume.affine, np.float64), np.asarray(affine, np.float64))  # grid voxel -> volume voxel
+    if volume.array.shape == shape and np.allclose(vox, np.eye(4), atol=1e-4):
+        return volume.array
+    src_shape = volume.array.shape
+    data = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))[None]
+    if mode == "exact":
+        lin = vox[:3, :3]
+        corners = vox @ np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                                  for k in (0, shape[2] - 1)], np.float64).T
+        ok = (_is_axis_aligned(vox) and np.allclose(np.abs(lin).max(axis=0), 1, atol=1e-4)
+              and np.allclose(vox[:3, 3], np.round(vox[:3, 3]), atol=1e-3)
+              and np.all(corners[:3] > -1e-3) and np.all(corners[:3].T < np.asarray(src_shape) - 1 + 1e-3))
+        if not ok:
+            raise VolumeError(
+                f"{volume.path}: its grid (shape {src_shape}, affine {np.round(volume.affine, 3).tolist()}) does not "
+                f"share its voxel centres with the grid {shape}, {np.round(affine, 3).tolist()}; a paired reference "
+                "must be on the same voxels (resample it onto that grid first, knowing that this interpolates it)"
+            )
+        return resample_axis_aligned(data, vox, shape, "nearest")[0]
+    if not _is_axis_aligned(vox):
+        src = MetaTensor(data, affine=torch.as_tensor(volume.affine, dtype=torch.float64))
+        out = SpatialResample(mode="nearest", padding_mode="zeros")(
+            src, dst_affine=torch.as_tensor(affine, dtype=torch.float64), spatial_size=shape)
+        return out.as_tensor().numpy()[0]
+    out = resample_axis_aligned(data, vox, shape, "nearest")[0]
+    perm = np.abs(vox[:3, :3]).argmax(axis=0)
+    for a in range(3):  # outside the volume's extent: background, not its border values
+        pos = vox[perm[a], a] * np.arange(shape[a]) + vox[perm[a], 3]
+        outside = (pos < -0.5) | (pos > src_shape[perm[a]] - 0.5)
+        if outside.any():
+            idx = [slice(None)] * 3
+            idx[a] = np.flatnonzero(outside)
+            out[tuple(idx)] = 0
+    return out
+
+
 def _is_axis_aligned(dst_to_src: np.ndarray) -> bool:
     """True when each destination axis runs along one source axis (flips, permutations, scaling)."""
     lin = dst_to_src[:3, :3]

@@ -12,14 +12,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
-from medgan.io import atomic_write_text, read_label_map, read_volume
+from medgan.data.transforms import onto_grid
+from medgan.io import Volume, atomic_write_text, read_label_map, read_volume
 from medgan.metrics import dice_per_class, intensity_stats_per_class, paired_metrics
 from pipelines.cyclegan.translate import Translator
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate(
@@ -56,16 +60,16 @@ def evaluate(
         mapper = tr.preprocessor(src).label_mapper
         if mapper is None:
             raise ValueError(f"{tr.folder}: model has no label mapping for domain {src}")
-        raw = read_label_map(source_labels, vol)
-        src_lab = mapper(raw.array, raw.path)
+        raw = read_label_map(source_labels)
+        src_lab = mapper(_labels_on(raw, vol, report, "source_labels"), raw.path)
         pred = tr.segment_volume(vol, tgt)
         report["dice"] = dice_per_class(pred, src_lab, classes)
         valid = [v for v in report["dice"].values() if not math.isnan(v)]
         report["dice_mean"] = float(np.mean(valid)) if valid else float("nan")
     if reference is not None and reference_labels is not None and src_lab is not None:
         ref = read_volume(reference)
-        ref_raw = read_label_map(reference_labels, ref)
-        ref_lab = tr.preprocessor(tgt).label_mapper(ref_raw.array, ref_raw.path)
+        ref_raw = read_label_map(reference_labels)
+        ref_lab = tr.preprocessor(tgt).label_mapper(_labels_on(ref_raw, ref, report, "reference_labels"), ref_raw.path)
         ours = intensity_stats_per_class(vol.array, src_lab, classes)
         theirs = intensity_stats_per_class(ref.array, ref_lab, classes)
         report["intensity"] = {
@@ -79,12 +83,21 @@ def evaluate(
         }
     if paired_reference is not None:
         ref = read_volume(paired_reference)
-        if ref.array.shape != vol.array.shape or not np.allclose(ref.affine, vol.affine, atol=1e-3):
-            raise ValueError(f"{paired_reference}: paired reference must share the translated volume's grid {vol.array.shape}")
-        report["paired"] = paired_metrics(vol.array, ref.array)
+        # the same voxels in any axis order are matched by world position; anything else is refused
+        report["paired"] = paired_metrics(vol.array, onto_grid(ref, vol.affine, vol.array.shape, "exact"))
     if output_dir is not None:
         write_report(report, output_dir)
     return report
+
+
+def _labels_on(labels: Volume, image: Volume, report: dict, name: str) -> np.ndarray:
+    """``labels`` on ``image``'s voxels by world position (nearest neighbour; background outside
+    the label map); a resampling is logged and recorded in the report."""
+    out = onto_grid(labels, image.affine, image.array.shape, "nearest")
+    if out is not labels.array:
+        logger.warning("%s: on another voxel grid than %s; matched by world position (nearest neighbour)", labels.path, image.path)
+        report.setdefault("resampled", {})[name] = f"{labels.path} -> grid of {image.path} (nearest neighbour, world coordinates)"
+    return out
 
 
 def report_rows(report: dict) -> list[dict]:

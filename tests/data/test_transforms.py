@@ -158,3 +158,25 @@ def test_resampling_is_the_same_in_any_chunk_size_and_layout():
     same = resample_axis_aligned(data, np.eye(4), (21, 17, 13), "bilinear")
     np.testing.assert_array_equal(same, data.numpy())
     assert not np.shares_memory(same, data.numpy())
+
+
+def test_onto_grid_matches_world_positions_and_pads_labels_with_background():
+    from medgan.data.transforms import onto_grid
+    from medgan.io import Volume, VolumeError
+
+    lab = np.zeros((10, 8, 6), np.float32)
+    lab[2:5, 1:4, 0:3] = 3
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    vol = Volume(lab, aff, "lab.nii.gz")
+    # the same voxels, first axis flipped: identical world positions
+    flip = aff @ np.array([[-1, 0, 0, 9], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    np.testing.assert_array_equal(onto_grid(vol, flip, lab.shape, "nearest"), lab[::-1])
+    np.testing.assert_array_equal(onto_grid(vol, flip, lab.shape, "exact"), lab[::-1])
+    # a larger grid: background beyond the label map, not its border values
+    big = aff.copy()
+    big[:3, 3] = [-4.0, 0, 0]
+    out = onto_grid(vol, big, (14, 8, 6), "nearest")
+    np.testing.assert_array_equal(out[2:12], lab)
+    assert not out[:2].any() and not out[12:].any()
+    with pytest.raises(VolumeError, match="voxel centres"):
+        onto_grid(vol, big, (14, 8, 6), "exact")  # reaches outside the reference

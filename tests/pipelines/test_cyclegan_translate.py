@@ -1,12 +1,14 @@
 """Translation: outputs on the input's exact grid, in HU; bad files reported, batch goes on."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
+from medgan.io import read_volume
 from pipelines.cyclegan.evaluate import evaluate
 from pipelines.cyclegan.translate import Translator, translate
 from tests.conftest import PHANTOM, axcodes_affine, oblique_affine, write_nifti_file
@@ -28,10 +30,37 @@ def test_output_has_the_input_grid(tmp_path, tiny_checkpoint, affine):
         out = nib.load(str(tmp_path / "out" / f))
         assert out.shape == (30, 26, 18)
         np.testing.assert_allclose(out.affine, affine, atol=1e-5)
-    sct = np.asarray(nib.load(str(tmp_path / "out/in_mr2ct.nii.gz")).dataobj)
-    assert -1024 <= sct.min() and sct.max() <= 2000  # HU inside the configured window
     side = json.loads((tmp_path / "out/in_mr2ct.json").read_text())
     assert side["units"] == "HU" and side["direction"] == "MR->CT"
+
+
+@pytest.mark.parametrize("affine", [axcodes_affine("LPS", (2, 2.5, 4)), axcodes_affine("PIR", (1.5, 3, 2.5)),
+                                    oblique_affine((3, 2.5, 3.5))], ids=["LPS", "PIR", "oblique"])
+def test_identity_generator_returns_each_value_at_its_world_position(tmp_path, tiny_checkpoint, affine, monkeypatch):
+    """With the generator replaced by the identity and the target scaling by the source's, the
+    whole path (reorientation, resampling to the training grid, windows, back to the input grid)
+    must give back the input. The input is a linear function of world position, which trilinear
+    interpolation reproduces exactly, so any flipped axis, shifted origin or lost affine fails."""
+    shape = (30, 26, 18)
+    ijk = np.indices(shape).reshape(3, -1)
+    world = (affine[:3, :3] @ ijk + affine[:3, 3:4])
+    values = (200 + 3.0 * world[0] - 2.0 * world[1] + 1.5 * world[2]).reshape(shape).astype(np.float32)
+    tr = Translator(tiny_checkpoint, "cpu")
+    vol = read_volume(write_nifti_file(tmp_path / "ramp.nii.gz", values, affine))
+    monkeypatch.setattr(tr, "translate_tensor", lambda x, direction: x)
+    tr.scaling["CT"] = tr.preprocessor("MR").scaling_for(vol)  # target units = this input's units
+    out = tr.translate_volume(vol, "mr2ct")
+    assert out.image.shape == shape and np.allclose(out.affine, affine)
+    lo, hi = tr.scaling["CT"].lower, tr.scaling["CT"].upper
+    # voxels away from the border of the canonical grid (there it pads) and inside the
+    # percentile window (clipped to [-1, 1] there)
+    margin = np.zeros(shape, bool)
+    margin[3:-3, 3:-3, 3:-3] = True
+    keep = margin & (values > lo + 1) & (values < hi - 1)
+    assert keep.sum() > 1000
+    np.testing.assert_allclose(out.image[keep], values[keep], atol=0.05)
+    # a flipped first axis would be far off: the check has teeth
+    assert np.abs(out.image[::-1][keep] - values[keep]).max() > 10
 
 
 def test_bad_files_are_reported_and_the_batch_goes_on(tmp_path, tiny_checkpoint):
@@ -56,16 +85,57 @@ def test_translate_tensor_and_direction_names(tiny_checkpoint):
         tr.parse_direction("ct2pet")
 
 
-def test_evaluate_reports_all_parts(tmp_path, tiny_checkpoint):
+def _reoriented(path: Path, out: Path, flips=(0, 2), perm=(2, 0, 1)) -> Path:
+    """The same image on another voxel grid: axes flipped and permuted, the affine changed to
+    match, so every voxel keeps its world position."""
+    import nibabel as nib
+
+    v = read_volume(path)
+    arr, aff = v.array, v.affine.copy()
+    for a in flips:
+        arr = np.flip(arr, a)
+        f = np.eye(4)
+        f[a, a], f[a, 3] = -1, v.array.shape[a] - 1
+        aff = aff @ f
+    arr = np.transpose(arr, perm)
+    p = np.zeros((4, 4))
+    p[3, 3] = 1
+    for new, old in enumerate(perm):
+        p[old, new] = 1
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(arr), aff @ p), str(out))
+    return out
+
+
+def test_evaluate_matches_labels_and_references_by_world_position(tmp_path, tiny_checkpoint):
+    """A label map or paired reference on another voxel grid (flipped and permuted axes, same
+    world positions) gives exactly the numbers of the original; a misaligned reference is refused."""
+    from medgan.io import VolumeError
+    from medgan.metrics import dice_per_class
+
     rep = translate(tiny_checkpoint, [PHANTOM / "mr/phantom-mr-01.nii.gz"], tmp_path, "mr2ct")
     assert rep.ok
-    report = evaluate(tiny_checkpoint, tmp_path / "phantom-mr-01_mr2ct.nii.gz", "mr2ct",
-                      source_labels=PHANTOM / "mr/phantom-mr-01_labels.nii.gz",
-                      reference=PHANTOM / "ct/phantom-ct-01.nii.gz",
-                      reference_labels=PHANTOM / "ct/phantom-ct-01_labels.nii.gz",
-                      paired_reference=PHANTOM / "paired/phantom-mr-01_ct.nii.gz", output_dir=tmp_path / "ev")
-    assert set(report["dice"]) == set(Translator(tiny_checkpoint).classes)
-    assert all(0 <= v <= 1 for v in report["dice"].values() if v == v)
-    assert report["intensity"]["liver"]["reference_mean"] == pytest.approx(100, abs=15)  # phantom liver HU
-    assert report["paired"]["mae_hu"] > 0 and -1 <= report["paired"]["ssim"] <= 1
+    sct = tmp_path / "phantom-mr-01_mr2ct.nii.gz"
+    labels, paired = PHANTOM / "mr/phantom-mr-01_labels.nii.gz", PHANTOM / "paired/phantom-mr-01_ct.nii.gz"
+    kw = dict(reference=PHANTOM / "ct/phantom-ct-01.nii.gz", reference_labels=PHANTOM / "ct/phantom-ct-01_labels.nii.gz")
+    plain = evaluate(tiny_checkpoint, sct, "mr2ct", source_labels=labels, paired_reference=paired,
+                     output_dir=tmp_path / "ev", **kw)
+    moved = evaluate(tiny_checkpoint, sct, "mr2ct", source_labels=_reoriented(labels, tmp_path / "lab_pir.nii.gz"),
+                     paired_reference=_reoriented(paired, tmp_path / "ct_pir.nii.gz"), **kw)
+    np.testing.assert_equal(moved["dice"], plain["dice"])
+    assert moved["paired"] == pytest.approx(plain["paired"], rel=1e-9)  # same voxels, other summation order
+    assert "source_labels" in moved["resampled"] and "resampled" not in plain
+    # the Dice is S_CT's on the sCT against the MR's labels, computed independently here
+    tr = Translator(tiny_checkpoint)
+    pred = tr.segment_volume(read_volume(sct), "CT")
+    lab = tr.preprocessor("MR").label_mapper(read_volume(labels).array.astype(int))
+    np.testing.assert_equal(dice_per_class(pred, lab, tr.classes), plain["dice"])
+    assert plain["intensity"]["liver"]["reference_mean"] == pytest.approx(100, abs=15)  # phantom liver HU
     assert (tmp_path / "ev/evaluation.csv").read_text().startswith("metric,class,value")
+    shifted = read_volume(paired)
+    aff = shifted.affine.copy()
+    aff[:3, 3] += 0.5 * aff[:3, 0]  # half a voxel off
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(shifted.array, aff), str(tmp_path / "half.nii.gz"))
+    with pytest.raises(VolumeError, match="does not share its voxel centres"):
+        evaluate(tiny_checkpoint, sct, "mr2ct", paired_reference=tmp_path / "half.nii.gz")
