@@ -64,22 +64,54 @@ def save_checkpoint(
     return out
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or the newest one in a run folder or ``checkpoints`` folder.
+def checkpoint_damage(folder: Path, need_state: bool = False) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be used (a missing or unreadable file), or ``None``.
+    Reads the weights' header and every tensor's extent (safetensors), meta.json and config.yaml,
+    and with ``need_state`` the training state."""
+    import yaml
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+            for k in f.keys():
+                f.get_slice(k)
+        json.loads((folder / META).read_text())
+        yaml.safe_load((folder / CONFIG).read_text())
+        if need_state:
+            torch.load(folder / STATE, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - each library raises its own types for a damaged file
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
+def resolve_checkpoint(path: str | Path, need_state: bool = False) -> Path:
+    """A checkpoint folder, or the newest one in a run folder or ``checkpoints`` folder, checked
+    to be intact (:func:`checkpoint_damage`).
 
     Raises:
-        CheckpointError: nothing that looks like a medgan checkpoint.
+        CheckpointError: nothing that looks like a medgan checkpoint, or a damaged one (the message
+            names the newest intact checkpoint beside it, to pass instead; none is used silently).
     """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint does not exist")
-    if (p / WEIGHTS).is_file():
-        return p
-    for folder in (p / "checkpoints", p):
-        found = sorted(folder.glob("iter_*/" + WEIGHTS)) if folder.is_dir() else []
-        if found:
-            return found[-1].parent
-    raise CheckpointError(f"{p}: not a medgan checkpoint (no {WEIGHTS} in it or in {p}/checkpoints/iter_*)")
+    if (p / WEIGHTS).is_file() or (p / META).is_file():
+        chosen, siblings = p, sorted(x.parent for x in p.parent.glob("iter_*/" + META))
+    else:
+        chosen, siblings = None, []
+        for folder in (p / "checkpoints", p):
+            found = sorted(x.parent for x in folder.glob("iter_*/" + META)) if folder.is_dir() else []
+            if found:
+                chosen, siblings = found[-1], found
+                break
+        if chosen is None:
+            raise CheckpointError(f"{p}: not a medgan checkpoint (no {WEIGHTS} in it or in {p}/checkpoints/iter_*)")
+    why = checkpoint_damage(chosen, need_state)
+    if why is None:
+        return chosen
+    older = [s for s in reversed(siblings) if s.name < chosen.name and checkpoint_damage(s, need_state) is None]
+    hint = f"; the newest intact checkpoint before it is {older[0]}: pass that one" if older else "; no intact earlier checkpoint"
+    raise CheckpointError(f"{chosen}: damaged checkpoint ({why}){hint}")
 
 
 def read_meta(folder: Path, pipeline: str) -> dict:

@@ -3,17 +3,73 @@
 Each pipeline owns one pydantic schema with all defaults (``pipelines/<name>/config.py``); YAML
 files in ``configs/`` only override fields. Unknown keys and wrong types are errors that name
 the file and the field.
+
+**Paths**: input paths (data folders, ``dataset.json`` files, class maps; the fields typed
+:data:`InputPath` or :data:`InputPaths`) written in a YAML file are relative to that file's own
+folder, and those given as command-line overrides to the working directory; both are made
+absolute when the config is loaded, so a resolved config (the one saved with a checkpoint)
+means the same files from any folder. Output folders stay relative to the working directory.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class _InputMarker:
+    """Field metadata: this field names input files (resolved against the config's folder)."""
+
+
+INPUT = _InputMarker()
+#: a path to an input file or folder (see the module docstring)
+InputPath = Annotated[Path, INPUT]
+#: a list of ``{key: path}`` entries of input files (``data.files``)
+InputPaths = Annotated[list[dict[str, str | None]], INPUT]
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        p = Path(os.path.expanduser(str(value)))
+        return (p if p.is_absolute() else base / p).resolve() if isinstance(value, Path) else str(
+            (p if p.is_absolute() else base / p).resolve())
+    if isinstance(value, list):
+        return [_absolute(v, base) for v in value]
+    if isinstance(value, dict):
+        return {k: _absolute(v, base) for k, v in value.items()}
+    return value
+
+
+def _marked(annotation: Any) -> bool:
+    """Whether an annotation (e.g. ``InputPath | None``) carries the input marker."""
+    from typing import get_args, get_origin
+
+    if get_origin(annotation) is Annotated:
+        return any(isinstance(m, _InputMarker) for m in getattr(annotation, "__metadata__", ()))
+    return any(_marked(a) for a in get_args(annotation))
+
+
+def resolve_input_paths(model: BaseModel, base: Path, cwd: Path, overridden: list[str], prefix: str = "") -> BaseModel:
+    """A copy of ``model`` whose input-path fields are absolute: against ``cwd`` for fields set
+    by an override (dotted keys in ``overridden``), against ``base`` otherwise."""
+    update = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        where = f"{prefix}{name}"
+        if any(isinstance(m, _InputMarker) for m in info.metadata) or _marked(info.annotation):
+            from_override = any(where == o or where.startswith(o + ".") or o.startswith(where + ".") for o in overridden)
+            update[name] = _absolute(value, cwd if from_override else base)
+        elif isinstance(value, BaseModel):
+            update[name] = resolve_input_paths(value, base, cwd, overridden, where + ".")
+    return model.model_copy(update=update)
 
 
 class ConfigError(ValueError):
@@ -57,12 +113,19 @@ def load_config(schema: type[M], path: str | Path | None, overrides: list[str] |
     for o in overrides or []:
         apply_override(tree, o)
     try:
-        return schema.model_validate(tree)
+        config = schema.model_validate(tree)
     except ValidationError as err:
         lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()]
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    keys = [o.split("=", 1)[0].strip() for o in overrides or []]
+    return resolve_input_paths(config, base, Path.cwd(), keys)  # type: ignore[return-value]
 
 
 def dump_config(config: BaseModel) -> str:
-    """The resolved config as YAML (saved next to checkpoints and outputs)."""
+    """The resolved config as YAML (saved next to checkpoints and outputs). A config that can make
+    itself self-contained (``self_contained()``, e.g. label tables read from class-map files put
+    inline) is dumped in that form, so a checkpoint needs no file beside it."""
+    if hasattr(config, "self_contained"):
+        config = config.self_contained()
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

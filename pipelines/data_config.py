@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from medgan.config import InputPath, InputPaths
 from medgan.data.datalist import datalist_from_folder, datalist_from_msd
 from medgan.data.labels import LabelMapper
 from medgan.data.transforms import DomainPreprocessor
@@ -26,11 +27,14 @@ class IntensityConfig(_Strict):
 
 
 class LabelConfig(_Strict):
-    """How this domain's label maps encode the shared ``classes``: explicit ``ids`` per class, or
-    a class-map JSON (``classmap``) with a label ``space`` and optional ``groups`` table."""
+    """How this domain's label maps encode the shared ``classes``: explicit ``ids`` per class (and
+    ``known_ids``, the label space's other ids, read as background), or a class-map JSON
+    (``classmap``) with a label ``space`` and optional ``groups`` table. A checkpoint stores the
+    ids form (:meth:`inline`), so it needs no class-map file."""
 
     ids: dict[str, list[int]] | None = None
-    classmap: Path | None = None
+    known_ids: list[int] | None = Field(None, description="with ids: the label space's other ids (background)")
+    classmap: InputPath | None = None
     space: str | None = None
     groups: str | None = None
 
@@ -40,25 +44,35 @@ class LabelConfig(_Strict):
             raise ValueError("give exactly one of labels.ids or labels.classmap (+ labels.space)")
         if self.classmap is not None and self.space is None:
             raise ValueError("labels.classmap needs labels.space (e.g. 'total' or 'total_mr')")
+        if self.known_ids is not None and self.ids is None:
+            raise ValueError("labels.known_ids goes with labels.ids")
         return self
 
     def mapper(self, classes: list[str]) -> LabelMapper:
         if self.ids is not None:
-            return LabelMapper(classes, self.ids, {i for ids in self.ids.values() for i in ids})
+            known = {i for ids in self.ids.values() for i in ids} | set(self.known_ids or [])
+            return LabelMapper(classes, self.ids, known)
         return LabelMapper.from_classmap(classes, self.classmap, self.space, self.groups)  # type: ignore[arg-type]
+
+    def inline(self, classes: list[str]) -> LabelConfig:
+        """The same mapping as explicit ids (the class map's tables read now)."""
+        if self.ids is not None or not classes:
+            return self
+        m = self.mapper(classes)
+        return LabelConfig(ids={c: list(m.class_ids[c]) for c in classes}, known_ids=sorted(m.known_ids - {0}))
 
 
 class DataSource(_Strict):
     """Exactly one of ``folder`` (+ ``label_suffix``/``labels_folder``), ``msd`` (dataset.json,
     + ``section``/``include`` glob) or ``files`` (``[{image, label}]``)."""
 
-    folder: Path | None = None
+    folder: InputPath | None = None
     label_suffix: str = "_labels"
-    labels_folder: Path | None = None
-    msd: Path | None = None
+    labels_folder: InputPath | None = None
+    msd: InputPath | None = None
     section: str = "training"
     include: str | None = None
-    files: list[dict[str, str | None]] | None = None
+    files: InputPaths | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
@@ -79,6 +93,26 @@ class DomainConfig(_Strict):
     intensity: IntensityConfig = IntensityConfig()
     labels: LabelConfig | None = None
     data: DataSource
+
+
+class PipelineConfig(_Strict):
+    """Base of every pipeline's config: :meth:`self_contained` is what a checkpoint stores."""
+
+    def self_contained(self) -> PipelineConfig:
+        """A copy with every domain's label table inline (see :meth:`LabelConfig.inline`); input
+        paths are already absolute (:func:`medgan.config.load_config`)."""
+        return _inline_labels(self, list(getattr(self, "classes", None) or []))
+
+
+def _inline_labels(model: BaseModel, classes: list[str]) -> BaseModel:
+    update = {}
+    for name in type(model).model_fields:
+        v = getattr(model, name)
+        if isinstance(v, LabelConfig):
+            update[name] = v.inline(classes)
+        elif isinstance(v, BaseModel):
+            update[name] = _inline_labels(v, classes)
+    return model.model_copy(update=update)
 
 
 class TrainBase(_Strict):

@@ -31,6 +31,7 @@ class LabelMapper:
         if missing:
             raise ValueError(f"no label ids given for classes {missing}")
         self.classes = list(classes)
+        self.class_ids = {c: [int(i) for i in class_ids[c]] for c in classes}
         self.known_ids = set(known_ids) | {0} | {i for ids in class_ids.values() for i in ids}
         self.lut = np.zeros(max(self.known_ids) + 1, dtype=np.int64)
         for index, name in enumerate(classes, start=1):

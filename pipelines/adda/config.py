@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from medgan.losses.adversarial import GANMode
-from pipelines.data_config import DomainConfig, InferenceConfig, TrainBase, _Strict
+from pipelines.data_config import DomainConfig, InferenceConfig, PipelineConfig, TrainBase, _Strict
 
 
 class AddaNetworkConfig(_Strict):
@@ -50,7 +50,7 @@ class AddaTrainConfig(TrainBase):
     checkpoint_every: int = Field(250, ge=1)
 
 
-class AddaConfig(_Strict):
+class AddaConfig(PipelineConfig):
     """ADDA (Tzeng et al. 2017) for 3D segmentation: ``source`` labelled, ``target`` labels used
     only by the supervised upper bound and by evaluation."""
 

@@ -110,7 +110,7 @@ class AddaTrainer:
         return save_checkpoint(folder, dict(self.nets.items()), self.meta(), dump_config(self.cfg), state)
 
     def load(self, checkpoint: str | Path) -> None:
-        folder = resolve_checkpoint(checkpoint)
+        folder = resolve_checkpoint(checkpoint, need_state=True)
         read_meta(folder, PIPELINE)
         load_networks(folder, dict(self.nets.items()))
         state = load_training_state(folder)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.data_config import DomainConfig, InferenceConfig, TrainBase, _Strict
+from pipelines.data_config import DomainConfig, InferenceConfig, PipelineConfig, TrainBase, _Strict
 
 
 class CVAENetworkConfig(_Strict):
@@ -63,7 +63,7 @@ class AugmentConfig(_Strict):
     synthetic_fraction: float = Field(0.5, ge=0, le=1, description="share of real+synthetic training patches drawn from synthetic pairs")
 
 
-class CVAEConfig(_Strict):
+class CVAEConfig(PipelineConfig):
     classes: list[str] = Field(min_length=1)
     domain: DomainConfig
     network: CVAENetworkConfig = CVAENetworkConfig()

@@ -72,7 +72,7 @@ class CVAETrainer:
                                dump_config(self.cfg), state)
 
     def load(self, checkpoint: str | Path) -> None:
-        folder = resolve_checkpoint(checkpoint)
+        folder = resolve_checkpoint(checkpoint, need_state=True)
         read_meta(folder, PIPELINE)
         load_networks(folder, {"CVAE": self.model})
         state = load_training_state(folder)

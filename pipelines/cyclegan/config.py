@@ -2,7 +2,7 @@
 
 Two domains, A and B (``domain_a.name: CT``, ``domain_b.name: MR`` for CT <-> MR; any two
 modalities work). Networks are named after them: G_CT2MR, G_MR2CT, D_CT, D_MR, S_CT, S_MR.
-Paths are relative to the working directory.
+Input paths in a YAML file are relative to its folder, output_dir to the working directory (medgan.config).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medgan.losses.adversarial import GANMode
-from pipelines.data_config import DataSource, DomainConfig, InferenceConfig, IntensityConfig, LabelConfig, TrainBase, _Strict
+from pipelines.data_config import DataSource, DomainConfig, InferenceConfig, IntensityConfig, LabelConfig, PipelineConfig, TrainBase, _Strict
 
 __all__ = ["CycleGANConfig", "DataSource", "DomainConfig", "InferenceConfig", "IntensityConfig", "LabelConfig"]
 
@@ -53,7 +53,7 @@ class TrainConfig(TrainBase):
     png_every: int = Field(250, ge=1)
 
 
-class CycleGANConfig(_Strict):
+class CycleGANConfig(PipelineConfig):
     """Shape-consistent CycleGAN (Zhu et al. 2017; Zhang, Yang & Zheng, CVPR 2018)."""
 
     classes: list[str] = Field(default_factory=list, description="shared class names; empty = no segmenters")

@@ -151,7 +151,7 @@ class CycleGANTrainer:
 
     def load(self, checkpoint: str | Path) -> None:
         """Restore everything from a checkpoint so training continues exactly."""
-        folder = resolve_checkpoint(checkpoint)
+        folder = resolve_checkpoint(checkpoint, need_state=True)
         read_meta(folder, PIPELINE)
         load_networks(folder, dict(self.nets.items()))
         state = load_training_state(folder)

@@ -126,6 +126,9 @@ def test_sampling_batch_goes_past_a_bad_label_map_and_resumes(tmp_path, cvae_che
     entries = json.loads((out / "dataset.json").read_text())["training"]
     assert len(entries) == 1 and (out / entries[0]["image"]).is_file() and (out / entries[0]["label"]).is_file()
     before = (out / entries[0]["image"]).stat().st_mtime_ns
-    path = sample(cvae_checkpoint, [good], 1, out, seed=2)  # finished label maps are skipped
+    with pytest.raises(VolumeError, match="label ids"):  # the same command again: finished label maps are skipped
+        sample(cvae_checkpoint, [bad, good], 1, out, seed=2)
     assert (out / entries[0]["image"]).stat().st_mtime_ns == before
-    assert json.loads(path.read_text())["training"] == entries
+    assert json.loads((out / "dataset.json").read_text())["training"] == entries
+    path = sample(cvae_checkpoint, [good], 1, out, seed=2)  # other seeds for it (its index moved): sampled again
+    assert json.loads(path.read_text())["training"] != entries

@@ -139,3 +139,38 @@ def test_evaluate_matches_labels_and_references_by_world_position(tmp_path, tiny
     nib.save(nib.Nifti1Image(shifted.array, aff), str(tmp_path / "half.nii.gz"))
     with pytest.raises(VolumeError, match="does not share its voxel centres"):
         evaluate(tiny_checkpoint, sct, "mr2ct", paired_reference=tmp_path / "half.nii.gz")
+
+
+def test_checkpoint_is_self_contained(tmp_path, tiny_checkpoint, monkeypatch):
+    """A checkpoint copied elsewhere translates and evaluates from any folder: its config holds
+    the label tables inline and absolute input paths, not the class-map file it was trained with."""
+    import shutil
+
+    import yaml
+
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "moved" / "iter_000002"))
+    cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
+    labels = cfg["domain_b"]["labels"]
+    assert labels["classmap"] is None and labels["ids"]["liver"] and labels["known_ids"]
+    assert Path(cfg["domain_a"]["data"]["folder"]).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    rep = translate(ckpt, [PHANTOM / "mr/phantom-mr-01.nii.gz"], tmp_path / "out", "mr2ct", segment=True)
+    assert rep.ok, rep.failed
+    ev = evaluate(ckpt, tmp_path / "out/phantom-mr-01_mr2ct.nii.gz", "mr2ct",
+                  source_labels=PHANTOM / "mr/phantom-mr-01_labels.nii.gz")
+    assert set(ev["dice"]) == set(cfg["classes"])
+
+
+def test_damaged_newest_checkpoint_names_the_intact_one(tmp_path, tiny_checkpoint):
+    import shutil
+
+    from medgan.checkpoint import CheckpointError
+
+    run = tmp_path / "run" / "checkpoints"
+    shutil.copytree(tiny_checkpoint, run / "iter_000001")
+    shutil.copytree(tiny_checkpoint, run / "iter_000002")
+    w = run / "iter_000002" / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"iter_000002: damaged checkpoint .*iter_000001: pass that one"):
+        Translator(tmp_path / "run")
+    assert Translator(run / "iter_000001").classes
