@@ -2,7 +2,7 @@
 
 One home for how a network runs over a volume: window size and overlap from the config, the
 number of windows per forward pass chosen for the device (:func:`window_batch_size`), Gaussian
-blending, ``inference_mode`` and, on CUDA, bfloat16 autocast.
+blending, ``inference_mode``, and float32 unless bfloat16 autocast is asked for (``precision``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -70,27 +71,36 @@ _fitted: dict[tuple[int, tuple[int, ...], str], int] = {}
 _fit_lock = threading.Lock()
 
 
+Precision = Literal["float32", "bfloat16"]
+
+
+def _autocast(device: torch.device, precision: Precision):  # noqa: ANN202
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def window_batch_size(
     network: Callable[[torch.Tensor], torch.Tensor], roi_size: Sequence[int], device: torch.device | str,
-    in_channels: int = 1, memory_fraction: float = 0.5,
+    in_channels: int = 1, memory_fraction: float = 0.5, precision: Precision = "float32",
 ) -> int:
     """Windows per forward pass when the config leaves it open.
 
     CPU: 1. One 64x64x32 window at a time runs faster per window than batches of 2-8 on CPU
     (its activations stay in the cache): 0.058 s against 0.090 s per window for batches of 4 with
     the default CycleGAN generator on 2 cores. CUDA: as many windows as ``memory_fraction`` of the
-    free memory holds, measured once per network and window size with one window (bf16).
+    free memory holds, measured once per network and window size with one window, in ``precision``.
     """
     device = torch.device(device)
     if device.type != "cuda":
         return 1
-    key = (id(network), tuple(int(r) for r in roi_size), str(device))
+    key = (id(network), tuple(int(r) for r in roi_size), f"{device}/{precision}")
     with _fit_lock:
         if key not in _fitted:
             free, _ = torch.cuda.mem_get_info(device)
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.inference_mode(), _autocast(device, precision):
                 network(torch.zeros(1, in_channels, *key[1], device=device))
             per_window = max(1, torch.cuda.max_memory_allocated(device) - base)
             _fitted[key] = int(max(1, min(256, memory_fraction * free // per_window)))
@@ -107,12 +117,15 @@ def sliding_window(
     blend: str = "gaussian",
     pad_value: float = -1.0,
     device: torch.device | str | None = None,
+    precision: Precision = "float32",
 ) -> torch.Tensor:
     """Run ``network`` over ``x (B, C, D, H, W)`` in windows of ``roi_size`` voxels, blended with
     a Gaussian weight so patch seams do not show; returns ``(B, C_out, D, H, W)`` on ``x``'s device.
 
-    Windows run on ``device`` (default: the network's) under ``torch.inference_mode`` and, on
-    CUDA, bfloat16 autocast; ``sw_batch_size=None`` picks :func:`window_batch_size`. A volume
+    Windows run on ``device`` (default: the network's) under ``torch.inference_mode``, in float32
+    unless ``precision="bfloat16"`` (autocast, on CPU or CUDA: faster, but it moves a synthetic
+    CT by tens of HU, see ``InferenceConfig.precision``); ``sw_batch_size=None`` picks
+    :func:`window_batch_size`. A volume
     smaller than ``roi_size`` is padded with ``pad_value`` (-1 is background in the [-1, 1]
     scaling). Safe to call from several threads at once (no state is kept but the fitted batch).
     """
@@ -121,11 +134,11 @@ def sliding_window(
         device = next(params()).device if params is not None else x.device
     device = torch.device(device)
     if sw_batch_size is None:
-        sw_batch_size = window_batch_size(network, roi_size, device, in_channels=x.shape[1])
+        sw_batch_size = window_batch_size(network, roi_size, device, in_channels=x.shape[1], precision=precision)
     inferer = SlidingWindowInferer(
         roi_size=tuple(int(r) for r in roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode=blend,
         padding_mode="constant", cval=pad_value, sw_device=device, device=x.device,
     )
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.inference_mode(), _autocast(device, precision):
         y = inferer(x, lambda w: network(w).float())
     return y.as_tensor() if hasattr(y, "as_tensor") else y

@@ -140,6 +140,9 @@ class InferenceConfig(_Strict):
         None, ge=1, description="windows per forward pass; default: 1 on CPU (fastest there), as many as fit in "
         "half the free memory on CUDA")
     blend: Literal["gaussian", "constant"] = "gaussian"
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="float32 (default) or bfloat16 autocast: faster on GPUs and AMX CPUs, but it moves "
+        "the outputs (see benchmarks/README.md for the measured HU error); never the default for intensity outputs")
 
 
 def domain_preprocessor(domain: DomainConfig, spacing_mm: tuple[float, float, float], classes: list[str]) -> DomainPreprocessor:

@@ -27,8 +27,12 @@ GAN_MODES: tuple[str, ...] = ("lsgan", "minimax", "nonsaturating", "hinge", "wga
 class AdversarialLoss(_Loss):
     """``loss(logits, target_is_real, for_discriminator)`` for one of the standard objectives.
 
-    - ``lsgan`` (Mao et al., "Least Squares Generative Adversarial Networks", ICCV 2017, Eq. 9
-      with a=0, b=c=1): D: ``1/2 (D(x)-1)^2 + 1/2 D(G(z))^2``; G: ``1/2 (D(G(z))-1)^2``.
+    - ``lsgan`` as CycleGAN uses it (Zhu et al., ICCV 2017, sec. 4, "Training details"; the least
+      squares objective of Mao et al., ICCV 2017, with a=0, b=c=1): each term is a squared error
+      ``(D(.) - t)^2``: G minimises ``(D(G(x)) - 1)^2``, D ``(D(y) - 1)^2`` and ``D(G(x))^2``, as
+      the reference code's ``nn.MSELoss``. (Mao et al. write 1/2 before each term; CycleGAN's
+      weights lambda_cycle = 10 etc. are relative to the term without it.) Trainers that halve the
+      discriminator's objective, as the CycleGAN reference code does, do so themselves.
     - ``minimax`` (Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014, Eq. 1):
       D: ``-log s(D(x)) - log(1 - s(D(G(z))))``; G minimises ``log(1 - s(D(G(z))))``.
     - ``nonsaturating`` (Goodfellow et al. 2014, sec. 3): D as minimax; G: ``-log s(D(G(z)))``.
@@ -70,7 +74,7 @@ class AdversarialLoss(_Loss):
         m = self.mode
         real = self.real_label if for_discriminator else 1.0
         if m == "lsgan":
-            return self._reduce(0.5 * (x - (real if target_is_real else 0.0)) ** 2)
+            return self._reduce((x - (real if target_is_real else 0.0)) ** 2)  # Zhu et al. 2017, sec. 4
         if m in ("minimax", "nonsaturating"):
             if for_discriminator or m == "nonsaturating":
                 if not target_is_real:

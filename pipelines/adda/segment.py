@@ -53,7 +53,7 @@ class AddaSegmenter:
         """``x (B, 1, D, H, W)`` in [-1, 1] -> class indices ``(B, D, H, W)``."""
         inf = self.config.inference
         return sliding_window(self.network(encoder), x, self.config.roi_size, inf.overlap, inf.sw_batch_size, inf.blend,
-                              device=self.device).argmax(1)
+                              device=self.device, precision=inf.precision).argmax(1)
 
     def segment_volume(self, volume: Volume, encoder: Encoder = "adapted", domain: str | None = None) -> np.ndarray:
         """Class indices ``(I, J, K)`` uint8 on ``volume``'s grid; intensities are scaled as the

@@ -88,7 +88,7 @@ def run_augmentation(config: CVAEConfig, checkpoint: str | Path | None = None, p
         k = held_out_slices(lab.shape[-1], t.holdout_fraction)
         for name, model in models.items():
             pred = sliding_window(model, image.as_tensor()[None], roi, inf.overlap, inf.sw_batch_size, inf.blend,
-                                  device=sampler.device).argmax(1)[0].numpy()
+                                  device=sampler.device, precision=inf.precision).argmax(1)[0].numpy()
             dice[name].append(dice_per_class(pred[..., :k], lab[..., :k], config.classes))
 
     def mean(rows: list[dict]) -> dict[str, float]:
@@ -97,7 +97,7 @@ def run_augmentation(config: CVAEConfig, checkpoint: str | Path | None = None, p
     held = {n: mean(rows) for n, rows in dice.items()}
     with torch.no_grad():
         predicted = [sliding_window(models["real only"], s[Keys.IMAGE.value][None], roi, inf.overlap, inf.sw_batch_size,
-                                    inf.blend, device=sampler.device).argmax(1)[0].numpy() for s in synthetic]
+                                    inf.blend, device=sampler.device, precision=inf.precision).argmax(1)[0].numpy() for s in synthetic]
     to_units = sampler.scaling.inverse
     quality = sample_quality(
         [to_units(s[Keys.IMAGE.value][0].numpy()) for s in synthetic], [s[Keys.LABEL.value][0].numpy() for s in synthetic],

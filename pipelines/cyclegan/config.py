@@ -29,6 +29,12 @@ class NetworkConfig(_Strict):
 
 
 class LossConfig(_Strict):
+    """Weights of the generator objective. The adversarial terms have weight 1 and, for
+    ``lsgan``, are the squared error ``(D(G(x)) - 1)^2`` of Zhu et al. 2017 (sec. 4), so
+    ``lambda_cycle = 10`` balances them as in the paper; the discriminators minimise half their
+    objective, as the reference code. (medgan 0.1 computed half the squared error for both, so
+    its lambdas acted twice as strongly against the adversarial term.)"""
+
     gan_mode: GANMode = "lsgan"
     lambda_cycle: float = Field(10.0, ge=0)
     lambda_identity: float = Field(0.0, ge=0, description="weight of |G_B2A(x_A) - x_A|_1; 0 for CT<->MR")

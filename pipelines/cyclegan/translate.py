@@ -78,7 +78,8 @@ class Translator:
 
     def _window(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         inf = self.config.inference
-        return sliding_window(net, x, self.config.roi_size, inf.overlap, inf.sw_batch_size, inf.blend, device=self.device)
+        return sliding_window(net, x, self.config.roi_size, inf.overlap, inf.sw_batch_size, inf.blend, device=self.device,
+                              precision=inf.precision)
 
     def translate_tensor(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         """``x (B, 1, D, H, W)`` in [-1, 1] (source scaling, training spacing) -> ``(B, 1, D, H, W)``

@@ -6,12 +6,19 @@ import torch
 from medgan.losses import GAN_MODES, AdversarialLoss, MaskedDiceCELoss
 
 
-def test_lsgan_values():
+def test_lsgan_is_cyclegans_squared_error():
+    """Zhu et al. 2017 sec. 4 and junyanz's GANLoss('lsgan') = nn.MSELoss against 1 or 0, and
+    MONAI's PatchAdversarialLoss(least_squares, no_activation_leastsq=True) for the generator."""
+    from monai.losses import PatchAdversarialLoss
+
     loss = AdversarialLoss("lsgan")
-    x = torch.full((2, 1, 3, 3, 3), 0.5)
-    assert loss(x, True).item() == pytest.approx(0.5 * 0.25)
-    assert loss(x, False).item() == pytest.approx(0.5 * 0.25)
-    assert loss(torch.ones(2, 1), True).item() == 0
+    x = torch.randn(2, 1, 5, 4, 3)
+    mse = torch.nn.MSELoss()
+    torch.testing.assert_close(loss(x, True), mse(x, torch.ones_like(x)))
+    torch.testing.assert_close(loss(x, False), mse(x, torch.zeros_like(x)))
+    torch.testing.assert_close(loss(x, True, for_discriminator=False), mse(x, torch.ones_like(x)))
+    monai = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
+    torch.testing.assert_close(loss(x, True, for_discriminator=False), monai(x, target_is_real=True, for_discriminator=False))
 
 
 def test_minimax_and_nonsaturating_match_log_sigmoid():
