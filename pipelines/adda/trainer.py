@@ -25,6 +25,7 @@ from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import PatchDataset
 from medgan.keys import Keys
 from medgan.losses import AdversarialLoss, MaskedDiceCELoss
+from medgan.networks.checks import check_input_size
 from medgan.networks.discriminators import FeatureDiscriminator
 from medgan.networks.segmenters import build_split_segmenter
 from medgan.utils import LossLog, resolve_device, rng_state, seed_everything, set_requires_grad, set_rng_state
@@ -59,6 +60,7 @@ class AddaTrainer:
         self.progress, self.out = progress, Path(t.output_dir)
         seed_everything(t.seed)
         self.nets = build_adda_networks(config).to(self.device)
+        check_input_size({"segmenter (E_src + H)": torch.nn.Sequential(self.nets["E_src"], self.nets["H"])}, t.patch_size)
         betas = o.betas
         d_params = [p for n, m in self.nets.items() if n.startswith("D_") for p in m.parameters()]
         self.optimizers = {

@@ -35,6 +35,7 @@ from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import DomainPreprocessor, PatchDataset
 from medgan.keys import Keys
 from medgan.losses import AdversarialLoss, MaskedDiceCELoss
+from medgan.networks.checks import check_input_size
 from medgan.utils import ImagePool, LossLog, read_losses, resolve_device, rng_state, seed_everything, set_requires_grad, set_rng_state
 from medgan.viz import save_orthogonal_slices
 from pipelines.cyclegan.config import CycleGANConfig, DomainConfig
@@ -80,6 +81,7 @@ class CycleGANTrainer:
         seed_everything(config.train.seed)
 
         self.nets = build_networks(config).to(self.device)
+        check_input_size(dict(self.nets.items()), config.train.patch_size)
         self.has_seg = bool(config.classes)
         t, o = config.train, config.optim
         groups = {"G": [self.names.g_ab, self.names.g_ba], "D": [self.names.d_a, self.names.d_b]}

@@ -90,3 +90,9 @@ def test_label_ids_absent_from_class_map(tmp_path):
     cfg = tiny_config(tmp_path, f"domain_a.labels.classmap={cm}")
     with pytest.raises(ValueError, match=r"phantom-ct-01_labels.nii.gz: label ids \[9\]"):
         CycleGANTrainer(cfg, progress=False)
+
+
+def test_patch_smaller_than_the_networks_take_is_refused_up_front(tmp_path):
+    cfg = tiny_config(tmp_path, "train.patch_size=[8,8,8]")
+    with pytest.raises(ValueError, match=r"train.patch_size=\[8, 8, 8\] is too small for .*D_CT.*all networks take train.patch_size=\[32, 32, 32\]"):
+        CycleGANTrainer(cfg, progress=False)
