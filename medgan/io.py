@@ -440,15 +440,19 @@ def _itk_to_ras_affine(img) -> np.ndarray:  # noqa: ANN001 - SimpleITK.Image
 def _read_itk(p: Path, max_voxels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
-    if max_voxels is not None:
-        info = sitk.ImageFileReader()
-        info.SetFileName(str(p))
-        info.ReadImageInformation()
-        _check_size(p, info.GetSize(), max_voxels)
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(p))
+    info.ReadImageInformation()
+    if info.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise VolumeError(f"{p}: complex voxels; medgan reads real-valued images: save the magnitude "
+                          "(or the real part) as its own volume")
+    _check_size(p, info.GetSize(), max_voxels)
     img = sitk.ReadImage(str(p))
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        shape = img.GetSize() + ((img.GetNumberOfComponentsPerPixel(),) if img.GetNumberOfComponentsPerPixel() > 1 else ())
-        raise VolumeError(f"{p}: expected a 3D single-channel volume, got size {shape}")
+        n = img.GetNumberOfComponentsPerPixel()
+        what = f", with {n} components per voxel (complex, RGB or vector data)" if n > 1 else ""
+        raise VolumeError(f"{p}: expected a 3D single-channel volume, got a {img.GetDimension()}D image of size "
+                          f"{img.GetSize()}{what}; save one real-valued channel as its own volume")
     # SimpleITK arrays are (k, j, i); transpose to the (i, j, k) order of the affine.
     return sitk.GetArrayFromImage(img).transpose(2, 1, 0), _itk_to_ras_affine(img)
 

@@ -404,6 +404,11 @@ def _raw_nifti(path: Path, dims, dtype, data: bytes) -> Path:
     return path
 
 
+def _itk_file(path: Path, array: np.ndarray) -> Path:
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return path
+
+
 def _no_forms(h):
     h["qform_code"] = 0
     h["sform_code"] = 0
@@ -436,6 +441,7 @@ def _disagree(h):
         (lambda p: _raw_nifti(p / "negdim.nii", (4, -3, 4), np.int16, b"\0" * 96), "dimensions"),
         (lambda p: _raw_nifti(p / "big.nii.gz", (1000, 1000, 1000), np.int16, b"\0" * 4096), "truncated or corrupt"),
         (lambda p: _raw_nifti(p / "short.nii", (40, 40, 40), np.int16, b"\0" * 4096), "truncated"),
+        (lambda p: _itk_file(p / "complex.mha", (_vol() + 1j * _vol()).astype(np.complex64)), "2 components per voxel (complex"),
     ],
 )
 def test_made_up_or_impossible_headers_are_refused(tmp_path, make, message):
