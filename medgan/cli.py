@@ -119,7 +119,8 @@ def _print_report(report: dict) -> None:
     out.print(table)
     if "paired" in report:
         p = report["paired"]
-        out.print(f"paired: MAE {p['mae_hu']:.1f} HU (body), PSNR {p['psnr_db']:.2f} dB, SSIM {p['ssim']:.3f}")
+        out.print(f"paired (SynthRAD2025): MAE {p['mae_hu']:.2f} HU, PSNR {p['psnr_db']:.2f} dB, MS-SSIM {p['ms_ssim']:.4f} "
+                  f"in {p['mask_voxels']} mask voxels")
 
 
 @app.command()
