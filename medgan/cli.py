@@ -125,18 +125,37 @@ def _print_report(report: dict) -> None:
 
 @app.command()
 def evaluate(
-    translated: Path = typer.Argument(..., help="A translated volume (output of medgan translate)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c"),
-    direction: str = typer.Option(..., "--direction", "-d"),
+    translated: Optional[Path] = typer.Argument(None, help="A translated volume (output of medgan translate); or use --cases."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The model that translated (segmenters, label tables)."),
+    direction: Optional[str] = typer.Option(None, "--direction", "-d"),
+    cases: Optional[Path] = typer.Option(None, help="A test set: CSV (case, sct, reference, mask, source, source_labels), "
+                                         "MSD dataset.json, or a folder of medgan translate outputs."),
+    reference_dir: Optional[Path] = typer.Option(None, help="With a folder of outputs: registered real volumes named as the sources."),
+    mask_dir: Optional[Path] = typer.Option(None, help="With a folder of outputs: masks named as the sources."),
+    real_ct: Optional[Path] = typer.Option(None, help="Labelled real target volumes (folder or dataset.json): per-organ HU realism."),
     source_labels: Optional[Path] = typer.Option(None, help="Labels of the source volume -> Dice and per-organ stats."),
     reference: Optional[Path] = typer.Option(None, help="A real labelled volume of the target domain."),
     reference_labels: Optional[Path] = typer.Option(None, help="Its labels."),
-    paired_reference: Optional[Path] = typer.Option(None, help="Registered real target volume on the same grid."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for evaluation.json/csv."),
+    paired_reference: Optional[Path] = typer.Option(None, help="Registered real target volume on the same voxels."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the reports."),
     device: str = typer.Option("auto"),
 ) -> None:
-    """Shape preservation (Dice), per-organ HU differences, paired MAE/PSNR/SSIM."""
+    """One volume: shape preservation (Dice), per-organ HU differences, SynthRAD2025 MAE/PSNR/MS-SSIM.
+    A test set (--cases): the same per case plus HD95, SynthRAD2025's metrics.json, a CSV, a
+    Markdown table and figures; a broken case is listed and the rest go on."""
     try:
+        if cases is not None:
+            from pipelines.cyclegan.evaluate import evaluate_set, read_cases
+
+            if output is None:
+                raise ValueError("--cases needs --output for metrics.json, metrics.csv, metrics.md and figures/")
+            rep = evaluate_set(read_cases(cases, reference_dir, mask_dir), output, checkpoint, direction, real_ct, device)
+            out.print((output / "metrics.md").read_text(), highlight=False, markup=False)
+            if rep["failed"]:
+                raise typer.Exit(1)
+            return
+        if translated is None or checkpoint is None or direction is None:
+            raise ValueError("give a TRANSLATED volume with -c and -d, or a test set with --cases")
         from pipelines.cyclegan.evaluate import evaluate as run
 
         report = run(checkpoint, translated, direction, source_labels, reference, reference_labels,
@@ -184,8 +203,9 @@ def demo(
         reports = run_demo(config, output, overrides, progress=sys.stderr.isatty())
     except USER_ERRORS as err:
         _fail(err)
-    for rep in reports.values():
-        _print_report(rep)
+    for name in ("mr2ct", "ct2mr"):
+        _print_report(reports[name])
+    out.print((output / "evaluation/testset/metrics.md").read_text(), highlight=False, markup=False)
     out.print(f"outputs in {output}; figure {output / 'demo.png'}")
 
 

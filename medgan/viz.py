@@ -45,3 +45,78 @@ def save_orthogonal_slices(
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def ras_view(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``array (I, J, K)`` with its affine -> the same voxels flipped/permuted to the closest RAS
+    axis order (no resampling), and the voxel size in mm along those axes; for display only."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    view = nib.orientations.apply_orientation(array, ornt)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)[ornt[:, 0].argsort()]
+    return view, tuple(float(s) for s in spacing)  # type: ignore[return-value]
+
+
+def save_case_figure(
+    path: str | Path, rows: list[tuple[str, np.ndarray, str, float, float, str | None]],
+    spacing_mm: tuple[float, float, float], centre: tuple[int, int, int] | None = None,
+) -> Path:
+    """One row per ``(title, volume (D, H, W) in RAS order, colormap, vmin, vmax, colour-bar label
+    or None)``, three columns (axial, coronal, sagittal) through ``centre`` (default: the middle)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sx, sy, sz = spacing_mm
+    aspects = [sy / sx, sz / sx, sz / sy]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(10, 3 * len(rows)), squeeze=False)
+    for r, (title, vol, cmap, lo, hi, bar) in enumerate(rows):
+        d, h, w = centre if centre is not None else (s // 2 for s in vol.shape)
+        for c, (sl, view) in enumerate(zip((vol[:, :, w].T, vol[:, h, :].T, vol[d, :, :].T), ("axial", "coronal", "sagittal"))):
+            ax = axes[r][c]
+            im = ax.imshow(sl, cmap=cmap, vmin=lo, vmax=hi, origin="lower", aspect=aspects[c], interpolation="nearest")
+            ax.set_title(f"{title} ({view})", fontsize=8)
+            ax.axis("off")
+        if bar:
+            fig.colorbar(im, ax=list(axes[r]), shrink=0.8, label=bar)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def save_hu_distributions(path: str | Path, organs: dict[str, tuple[np.ndarray, np.ndarray | None]], title: str) -> Path:
+    """Per organ, the histogram of synthetic-CT HU against that of real CTs (``None``: no real
+    CT), as densities on a common 10-HU binning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(organs))
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, (organ, (synthetic, real)) in zip(axes.flat, organs.items()):
+        both = np.concatenate([synthetic, real]) if real is not None and real.size else synthetic
+        lo, hi = np.percentile(both, [0.5, 99.5]) if both.size else (-100, 100)
+        bins = np.arange(np.floor(lo / 10) * 10, np.ceil(hi / 10) * 10 + 10, 10)
+        ax.hist(synthetic, bins=bins, density=True, alpha=0.6, label="sCT")
+        if real is not None and real.size:
+            ax.hist(real, bins=bins, density=True, alpha=0.6, label="real CT")
+        ax.set_title(organ, fontsize=9)
+        ax.set_xlabel("HU", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(organs):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

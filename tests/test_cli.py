@@ -59,3 +59,19 @@ def test_evaluate_prints_table(tmp_path, tiny_checkpoint):
                               "--source-labels", str(PHANTOM / "ct/phantom-ct-01_labels.nii.gz"), "-o", str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output
     assert "liver" in res.output and (tmp_path / "ev/evaluation.json").is_file()
+
+
+def test_evaluate_a_test_set_from_the_command_line(tmp_path, tiny_checkpoint):
+    from pipelines.cyclegan.translate import translate
+    from tests.conftest import PHANTOM
+
+    mr = PHANTOM / "mr/phantom-mr-01.nii.gz"
+    assert translate(tiny_checkpoint, [mr], tmp_path / "out", "mr2ct").ok
+    res = runner.invoke(app, ["evaluate", "--cases", str(tmp_path / "out"), "--reference-dir", str(PHANTOM / "paired"),
+                              "-c", str(tiny_checkpoint), "-d", "mr2ct", "-o", str(tmp_path / "ev"), "--device", "cpu"])
+    # the paired CT is named phantom-mr-01_ct, not phantom-mr-01: the only case fails, said clearly
+    assert res.exit_code == 2 and "every case failed" in res.output and "paired/phantom-mr-01.nii.gz" in res.output
+    res = runner.invoke(app, ["evaluate", "--cases", str(tmp_path / "out"), "-o", str(tmp_path / "ev2"), "-c",
+                              str(tiny_checkpoint), "-d", "mr2ct", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "dice_mean" in res.output and (tmp_path / "ev2/metrics.json").is_file()

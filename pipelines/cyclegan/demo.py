@@ -11,7 +11,7 @@ from medgan.data.transforms import to_canonical
 from medgan.io import read_volume
 from medgan.viz import save_orthogonal_slices
 from pipelines.cyclegan.config import CycleGANConfig
-from pipelines.cyclegan.evaluate import evaluate
+from pipelines.cyclegan.evaluate import Case, evaluate, evaluate_set
 from pipelines.cyclegan.trainer import train
 from pipelines.cyclegan.translate import Translator, translate
 
@@ -22,8 +22,9 @@ PHANTOM = Path("data_samples/phantom")
 def run_demo(config: str | Path = "configs/phantom.yaml", output_dir: str | Path = "runs/demo",
              overrides: list[str] | None = None, progress: bool = True) -> dict:
     """Train on ``data_samples/phantom``, translate MR->CT and CT->MR with segmentations, evaluate
-    (Dice, per-organ HU against the real phantom CT, paired MAE/PSNR/SSIM against the MR subject's
-    own CT) and write ``demo.png``. Returns the evaluation reports by direction."""
+    (Dice, per-organ HU against the real phantom CT, SynthRAD2025 MAE/PSNR/MS-SSIM against the MR
+    subject's own CT; the same as a one-case test set in ``evaluation/testset/metrics.md``, with
+    HD95 and figures) and write ``demo.png``. Returns the evaluation reports by direction."""
     out = Path(output_dir)
     cfg = load_config(CycleGANConfig, config, [f"train.output_dir={out / 'train'}", *(overrides or [])])
     ckpt = train(cfg, progress=progress)
@@ -44,6 +45,10 @@ def run_demo(config: str | Path = "configs/phantom.yaml", output_dir: str | Path
         "ct2mr": evaluate(ckpt, smr, "ct2mr", source_labels=PHANTOM / "ct/phantom-ct-01_labels.nii.gz",
                           output_dir=out / "evaluation/ct2mr", translator=tr),
     }
+    reports["testset"] = evaluate_set(
+        [Case("phantom-mr-01", sct, reference=PHANTOM / "paired/phantom-mr-01_ct.nii.gz", source=mr,
+              source_labels=PHANTOM / "mr/phantom-mr-01_labels.nii.gz")],
+        out / "evaluation/testset", ckpt, "mr2ct", real_ct=PHANTOM / "ct")
     sp = cfg.train.spacing_mm
 
     def ras(path: Path):  # noqa: ANN202 - display in RAS at the training spacing

@@ -183,3 +183,54 @@ def test_damaged_newest_checkpoint_names_the_intact_one(tmp_path, tiny_checkpoin
     with pytest.raises(CheckpointError, match=r"iter_000002: damaged checkpoint .*iter_000001: pass that one"):
         Translator(tmp_path / "run")
     assert Translator(run / "iter_000001").classes
+
+
+def test_evaluate_set_goes_past_a_broken_case_and_writes_every_table(tmp_path, tiny_checkpoint):
+    import csv
+
+    from scipy.stats import wasserstein_distance
+
+    from medgan.metrics import paired_metrics
+    from pipelines.cyclegan.evaluate import evaluate_set, read_cases
+
+    mr = PHANTOM / "mr/phantom-mr-01.nii.gz"
+    assert translate(tiny_checkpoint, [mr], tmp_path / "out", "mr2ct").ok
+    sct = tmp_path / "out/phantom-mr-01_mr2ct.nii.gz"
+    paired, labels = PHANTOM / "paired/phantom-mr-01_ct.nii.gz", PHANTOM / "mr/phantom-mr-01_labels.nii.gz"
+    with open(tmp_path / "cases.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "sct", "reference", "source", "source_labels"])
+        w.writerow(["good", sct, paired, mr, labels])
+        w.writerow(["broken", tmp_path / "missing_sct.nii.gz", paired, mr, labels])
+        w.writerow(["unpaired", "out/phantom-mr-01_mr2ct.nii.gz", "", "", labels])  # relative to the CSV
+    cases = read_cases(tmp_path / "cases.csv")
+    rep = evaluate_set(cases, tmp_path / "ev", tiny_checkpoint, "mr2ct", real_ct=PHANTOM / "ct", device="cpu")
+    assert [r["case"] for r in rep["results"]] == ["good", "unpaired"]
+    assert rep["failed"][0]["case"] == "broken" and "missing_sct.nii.gz" in rep["failed"][0]["error"]
+    good = rep["results"][0]
+    want = paired_metrics(read_volume(sct).array, read_volume(paired).array)
+    assert good["mae_hu"] == pytest.approx(want["mae_hu"]) and good["ms_ssim"] == pytest.approx(want["ms_ssim"])
+    assert set(good["hd95_mm"]) == set(Translator(tiny_checkpoint).classes) and "seg_dice" in good
+    agg = rep["aggregates"]
+    assert agg["mae_hu"]["count"] == 1 and agg["dice_mean"]["count"] == 2
+    assert agg["dice_mean"]["min"] <= agg["dice_mean"]["median"] <= agg["dice_mean"]["max"]
+    # organ HU realism against the labelled phantom CTs, recomputed here for the liver
+    tr = Translator(tiny_checkpoint)
+    lab = tr.preprocessor("MR").label_mapper(read_volume(labels).array.astype(int))
+    liver = tr.classes.index("liver") + 1
+    s = read_volume(sct).array[lab == liver]
+    real = np.concatenate([read_volume(PHANTOM / f"ct/{n}.nii.gz").array[
+        tr.preprocessor("CT").label_mapper(read_volume(PHANTOM / f"ct/{n}_labels.nii.gz").array.astype(int)) == liver]
+        for n in ("phantom-ct-01",)])  # the labelled one
+    o = rep["organ_hu"]["liver"]
+    assert o["wasserstein1_hu"] == pytest.approx(wasserstein_distance(np.concatenate([s, s]), real), rel=1e-4)
+    assert o["abs_median_diff"] == pytest.approx(abs(np.median(s) - np.median(real)), abs=1e-3)
+    saved = json.loads((tmp_path / "ev/metrics.json").read_text())
+    assert set(saved) >= {"results", "aggregates", "failed", "organ_hu"}
+    md = (tmp_path / "ev/metrics.md").read_text()
+    assert "| good |" in md and "figures/good_slices.png" in md and "broken" in md
+    assert (tmp_path / "ev/figures/good_slices.png").is_file() and (tmp_path / "ev/figures/good_organ_hu.png").is_file()
+    assert len((tmp_path / "ev/metrics.csv").read_text().splitlines()) == 3
+    # a folder of translate outputs reads as a case list too (source and labels from the sidecar)
+    folder = read_cases(tmp_path / "out", reference_dir=PHANTOM / "paired")
+    assert [c.source for c in folder] == [mr] and folder[0].source_labels == labels
