@@ -1,0 +1,103 @@
+"""Config schema of the multi-subject domain-adaptation benchmark (``medgan benchmark``).
+
+The target domain (MR) is split by subject into training and test subjects (a versioned split
+file, or k folds over the sorted subjects). Test subjects never enter a training step: not the
+networks, not the intensity statistics (the MR scaling is the mean over the training subjects),
+not model selection (the last checkpoint of each run is scored). The target's labels are used
+only to score, and by the supervised upper bound on the training subjects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from medgan.config import InputPath
+from pipelines.data_config import IntensityConfig, LabelConfig, PipelineConfig, _Strict
+
+Row = Literal["no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "supervised"]
+ROWS: tuple[str, ...] = ("no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "supervised")
+ROW_TITLES = {
+    "no_adaptation": "no adaptation (S trained on CT)",
+    "cyclegan_plain": "plain CycleGAN (S_MR on translated CT)",
+    "cyclegan_shape": "shape-consistent CycleGAN (Zhang et al. 2018)",
+    "adda": "ADDA (Tzeng et al. 2017)",
+    "cycada": "pixel + feature level (CyCADA-style)",
+    "supervised": "supervised upper bound (training MR labels)",
+}
+
+
+class Side(_Strict):
+    """One domain: a folder of images with ``<name>_labels`` beside them, and its label space."""
+
+    name: str
+    folder: InputPath
+    labels: LabelConfig
+    intensity: IntensityConfig = IntensityConfig()
+
+
+class Split(_Strict):
+    """``file``: a JSON with ``version``, ``train`` and ``test`` subject names (image names without
+    suffix); or ``folds`` > 1: fold ``fold`` of k folds over the sorted subjects (test = every
+    k-th subject from the ``fold``-th)."""
+
+    file: InputPath | None = None
+    folds: int | None = Field(None, ge=2)
+    fold: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> Split:
+        if (self.file is None) == (self.folds is None):
+            raise ValueError("give split.file or split.folds")
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"split.fold must be below split.folds ({self.folds})")
+        return self
+
+    def subjects(self, available: list[str]) -> tuple[list[str], list[str], str]:
+        """``(training subjects, test subjects, a description with the version)``.
+
+        Raises:
+            ValueError: a split that names missing subjects, overlaps, or leaves no test subject.
+        """
+        if self.file is not None:
+            table = json.loads(Path(self.file).read_text())
+            train, test = list(table["train"]), list(table["test"])
+            what = f"{Path(self.file).name} version {table.get('version')}"
+        else:
+            ordered = sorted(available)
+            test = ordered[self.fold::self.folds]
+            train = [s for s in ordered if s not in test]
+            what = f"fold {self.fold} of {self.folds} over {len(ordered)} sorted subjects"
+        missing = sorted(set(train + test) - set(available))
+        if missing:
+            raise ValueError(f"the split names subjects that are not in the data: {missing}")
+        if set(train) & set(test):
+            raise ValueError(f"subjects in both the training and the test split: {sorted(set(train) & set(test))}")
+        if not test or not train:
+            raise ValueError("the split needs at least one training and one test subject")
+        return train, test, what
+
+
+class BenchmarkConfig(PipelineConfig):
+    """CT (labelled source) -> MR (target) on held-out MR subjects; every row shares the
+    segmenter architecture (MONAI BasicUNet with ``seg_features``), spacing and patch size."""
+
+    name: str = "benchmark"
+    classes: list[str] = Field(min_length=1)
+    source: Side
+    target: Side
+    split: Split
+    rows: list[Row] = Field(default_factory=lambda: list(ROWS))
+    histmatch_baseline: bool = True
+    spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    patch_size: tuple[int, int, int] = (80, 80, 32)
+    seg_features: tuple[int, int, int, int, int, int] = (16, 16, 32, 64, 128, 16)
+    iters: int = Field(600, ge=1, description="iterations of each CycleGAN run and of each ADDA stage")
+    cyclegan: list[str] = Field(default_factory=list, description="extra overrides of every CycleGAN run (key=value)")
+    adda: list[str] = Field(default_factory=list, description="extra overrides of every ADDA run (key=value)")
+    device: str = "auto"
+    seed: int = 0
+    output_dir: Path = Path("runs/benchmark")

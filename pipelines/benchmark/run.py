@@ -1,0 +1,251 @@
+"""The multi-subject domain-adaptation benchmark: every method trained on the same data, every
+held-out target subject scored, one table (``medgan benchmark CONFIG``).
+
+Rows (the same segmenter architecture, spacing and patch size in each):
+
+- **no adaptation**: ADDA's source stage, a segmenter trained on CT, applied to MR;
+- **plain CycleGAN**: ``lambda_shape = 0``: S_MR learns from CT translated to MR with the CT's labels;
+- **shape-consistent CycleGAN** (Zhang, Yang & Zheng, CVPR 2018): joint training;
+- **ADDA** (Tzeng et al., CVPR 2017): the source segmenter's encoder adapted to MR;
+- **pixel + feature level** (CyCADA-style, Hoffman et al., ICML 2018): ADDA whose source is the CT
+  translated to MR by the shape-consistent CycleGAN;
+- **supervised upper bound**: the same segmenter trained on the training MRs' own labels.
+
+Unsupervised rows train on unlabelled training MRs (not even their crops are centred with the
+labels). Each segmentation row is scored by Dice and HD95 (mm) per organ on every test MR; the
+CycleGAN rows (and a histogram-matching baseline) also give the synthetic CT of every test MR,
+scored by per-organ median HU against the labelled real CT and by S_CT's Dice on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medgan.config import apply_override, dump_config
+from medgan.data.datalist import datalist_from_folder
+from medgan.io import atomic_write_text, read_label_map, read_volume, strip_image_suffix
+from medgan.metrics import dice_per_class, hd95_per_class
+from pipelines.benchmark.config import ROW_TITLES, BenchmarkConfig, Side
+
+logger = logging.getLogger(__name__)
+
+
+def _side(side: Side, files: list[dict], name: str | None = None) -> dict:
+    return {"name": name or side.name, "intensity": side.intensity.model_dump(mode="json"),
+            "labels": side.labels.model_dump(mode="json"), "data": {"files": files}}
+
+
+def _configured(schema: type, tree: dict, overrides: list[str]):  # noqa: ANN202
+    for o in overrides:
+        apply_override(tree, o)
+    return schema.model_validate(tree)
+
+
+def _train_block(cfg: BenchmarkConfig, out: Path) -> dict:
+    return {"spacing_mm": list(cfg.spacing_mm), "patch_size": list(cfg.patch_size), "seed": cfg.seed,
+            "device": cfg.device, "output_dir": str(out), "checkpoint_every": 10**9}
+
+
+def _cyclegan(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: Path, shape: bool) -> Path:
+    from pipelines.cyclegan.config import CycleGANConfig
+    from pipelines.cyclegan.trainer import train
+
+    tree = {"classes": cfg.classes, "domain_a": _side(cfg.source, ct), "domain_b": _side(cfg.target, mr),
+            "network": {"seg_features": list(cfg.seg_features)},
+            "loss": {"lambda_shape": 1.0 if shape else 0.0, "lambda_seg_fake": 1.0},
+            "optim": {"n_iters": cfg.iters}, "train": {**_train_block(cfg, out), "png_every": cfg.iters}}
+    return train(_configured(CycleGANConfig, tree, cfg.cyclegan), progress=False)
+
+
+def _adda(cfg: BenchmarkConfig, source: dict, mr: list[dict], out: Path, supervised: bool = False) -> Path:
+    from pipelines.adda.config import AddaConfig
+    from pipelines.adda.trainer import train_adda
+
+    stages = {"n_source_iters": 1, "n_adapt_iters": 0, "n_oracle_iters": cfg.iters} if supervised else \
+        {"n_source_iters": cfg.iters, "n_adapt_iters": cfg.iters, "n_oracle_iters": 0}
+    tree = {"classes": cfg.classes, "source": source, "target": _side(cfg.target, mr),
+            "network": {"seg_features": list(cfg.seg_features)}, "optim": stages, "train": _train_block(cfg, out)}
+    return train_adda(_configured(AddaConfig, tree, cfg.adda), progress=False)
+
+
+def _score(segment, test: list[dict], mapper, classes: list[str]) -> list[dict]:  # noqa: ANN001
+    """Dice and HD95 (mm) per organ of ``segment(volume)`` on each test subject."""
+    rows = []
+    for e in test:
+        vol = read_volume(e["image"])
+        raw = read_label_map(e["label"], vol)
+        truth, pred = mapper(raw.array, raw.path), segment(vol)
+        rows.append({"subject": strip_image_suffix(Path(e["image"])), "dice": dice_per_class(pred, truth, classes),
+                     "hd95_mm": hd95_per_class(pred, truth, classes, vol.spacing_mm)})
+    return rows
+
+
+def _sct_rows(ckpt: Path, test: list[dict], out: Path, real_ct: Path, translate_with: Path | None = None) -> list[dict]:
+    """Synthetic CT of each test MR (or ``test`` entries' ``sct`` already made), scored by
+    :func:`pipelines.cyclegan.evaluate.evaluate_set` against the labelled real CTs."""
+    from pipelines.cyclegan.evaluate import Case, evaluate_set
+    from pipelines.cyclegan.translate import translate
+
+    if translate_with is not None:
+        rep = translate(translate_with, [e["image"] for e in test], out / "sct", "mr2ct")
+        if not rep.ok:
+            raise RuntimeError(f"translation of the test MRs failed: {rep.failed}")
+    cases = [Case(strip_image_suffix(Path(e["image"])), e.get("sct") or out / "sct" / f"{strip_image_suffix(Path(e['image']))}_mr2ct.nii.gz",
+                  source=Path(e["image"]), source_labels=Path(e["label"])) for e in test]
+    rep = evaluate_set(cases, out / "evaluation", ckpt, "mr2ct", real_ct=real_ct)
+    real = {c: o["real_median"] for c, o in rep.get("organ_hu", {}).items()}
+    return [{"subject": r["case"], "dice": r.get("dice", {}),
+             "median_hu": r.get("organ_median", {}),
+             "abs_median_diff_hu": {c: abs(v - real[c]) for c, v in r.get("organ_median", {}).items() if c in real}}
+            for r in rep["results"]]
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    v = [x for x in values if not math.isnan(x)]
+    return (float(np.mean(v)), float(np.std(v)), len(v)) if v else (float("nan"), float("nan"), 0)
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict:
+    """Train every row of ``cfg`` and score it on the test subjects; writes ``results.json``,
+    ``table.md`` and ``table.csv`` into ``cfg.output_dir`` and returns the results.
+
+    Raises:
+        ValueError: a bad split, or a source without labels.
+    """
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "benchmark.yaml", dump_config(cfg))
+    target = {strip_image_suffix(Path(e["image"])): e for e in datalist_from_folder(cfg.target.folder)}
+    train_ids, test_ids, split_note = cfg.split.subjects(list(target))
+    ct = datalist_from_folder(cfg.source.folder)
+    if not any(e["label"] for e in ct):
+        raise ValueError(f"{cfg.source.folder}: no labelled source volume")
+    unlabelled = [{"image": target[s]["image"], "label": None} for s in train_ids]
+    labelled = [target[s] for s in train_ids]
+    test = [target[s] for s in test_ids]
+    if any(not e["label"] for e in test):
+        raise ValueError(f"test subjects without labels cannot be scored: {[s for s in test_ids if not target[s]['label']]}")
+    mapper = cfg.target.labels.mapper(cfg.classes)
+    results: dict = {"split": {"rule": split_note, "train": train_ids, "test": test_ids},
+                     "source": [e["image"] for e in ct], "segmentation": {}, "sct": {}, "seconds": {}}
+    ckpts: dict[str, Path] = {}
+
+    def timed(row: str, fn):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        value = fn()
+        results["seconds"][row] = round(time.perf_counter() - t0, 1)
+        logger.info("benchmark row %s: %.0f s", row, results["seconds"][row])
+        return value
+
+    from pipelines.adda.segment import AddaSegmenter
+    from pipelines.cyclegan.translate import Translator
+
+    rows = list(cfg.rows)
+    if "no_adaptation" in rows or "adda" in rows:
+        def adda_rows() -> None:
+            ck = _adda(cfg, _side(cfg.source, ct), unlabelled, out / "adda")
+            model = AddaSegmenter(ck, cfg.device)
+            for row, enc in (("no_adaptation", "source"), ("adda", "adapted")):
+                if row in rows:
+                    results["segmentation"][row] = _score(lambda v, e=enc: model.segment_volume(v, e), test, mapper, cfg.classes)
+        timed("no_adaptation + adda", adda_rows)
+    for row, shape in (("cyclegan_plain", False), ("cyclegan_shape", True)):
+        if row in rows or (shape and ("cycada" in rows or cfg.histmatch_baseline)):
+            def cg(row: str = row, shape: bool = shape) -> None:
+                ckpts[row] = _cyclegan(cfg, ct, unlabelled, out / row, shape)
+                tr = Translator(ckpts[row], cfg.device)
+                results["segmentation"][row] = _score(lambda v: tr.segment_volume(v, cfg.target.name), test, mapper, cfg.classes)
+                results["sct"][row] = _sct_rows(ckpts[row], test, out / row, cfg.source.folder, translate_with=ckpts[row])
+            timed(row, cg)
+    if "cycada" in rows:
+        def cycada() -> None:
+            from pipelines.cyclegan.translate import translate
+
+            labelled_ct = [e for e in ct if e["label"]]
+            rep = translate(ckpts["cyclegan_shape"], [e["image"] for e in labelled_ct], out / "cycada/ct2mr", "ct2mr")
+            if not rep.ok:
+                raise RuntimeError(f"translation of the CT failed: {rep.failed}")
+            files = [{"image": str(out / "cycada/ct2mr" / f"{strip_image_suffix(Path(e['image']))}_ct2mr.nii.gz"),
+                      "label": e["label"]} for e in labelled_ct]
+            source = {**_side(cfg.source, files, name=f"s{cfg.target.name}"), "intensity": cfg.target.intensity.model_dump(mode="json")}
+            model = AddaSegmenter(_adda(cfg, source, unlabelled, out / "cycada/adda"), cfg.device)
+            results["segmentation"]["cycada"] = _score(lambda v: model.segment_volume(v, "adapted"), test, mapper, cfg.classes)
+        timed("cycada", cycada)
+    if "supervised" in rows:
+        def supervised() -> None:
+            model = AddaSegmenter(_adda(cfg, _side(cfg.source, ct), labelled, out / "supervised", supervised=True), cfg.device)
+            results["segmentation"]["supervised"] = _score(lambda v: model.segment_volume(v, "oracle"), test, mapper, cfg.classes)
+        timed("supervised", supervised)
+    if cfg.histmatch_baseline:
+        def histmatch() -> None:
+            from pipelines.cyclegan.baselines import histogram_match
+
+            ref = next(e["image"] for e in ct if e["label"])
+            made = [{**e, "sct": histogram_match(e["image"], ref, out / "histmatch/sct" / f"{strip_image_suffix(Path(e['image']))}_mr2ct.nii.gz")}
+                    for e in test]
+            results["sct"]["histmatch"] = _sct_rows(ckpts["cyclegan_shape"], made, out / "histmatch", cfg.source.folder)
+        timed("histmatch", histmatch)
+    results["tables"] = tables(results, cfg.classes)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(out / "table.md", markdown(results, cfg))
+    atomic_write_text(out / "table.csv", _csv(results["tables"]))
+    return results
+
+
+def tables(results: dict, classes: list[str]) -> dict:
+    """Per row and organ: mean, std and n over test subjects of each score."""
+    out: dict = {"segmentation": {}, "sct": {}}
+    for row, per in results["segmentation"].items():
+        out["segmentation"][row] = {c: {m: _stats([p[m][c] for p in per]) for m in ("dice", "hd95_mm")} for c in classes}
+    for row, per in results["sct"].items():
+        out["sct"][row] = {c: {m: _stats([p[m].get(c, float("nan")) for p in per]) for m in ("abs_median_diff_hu", "median_hu", "dice")}
+                           for c in classes}
+    return out
+
+
+def _pm(s: tuple[float, float, int], fmt: str) -> str:
+    return "n/a" if math.isnan(s[0]) else f"{s[0]:{fmt}} ± {s[1]:{fmt}}"
+
+
+def markdown(results: dict, cfg: BenchmarkConfig) -> str:
+    t, cls = results["tables"], cfg.classes
+    lines = [f"# Benchmark {cfg.name}", "",
+             f"Source (labelled CT): {len(results['source'])} volume(s) of one subject: " + ", ".join(Path(p).name for p in results["source"]),
+             f"Target MR split ({results['split']['rule']}): {len(results['split']['train'])} training subjects "
+             f"(unlabelled, except for the supervised row), test {', '.join(results['split']['test'])}.", "",
+             "## CT -> MR segmentation on the test MR: Dice / HD95 (mm), mean ± std over test subjects", "",
+             "| row | " + " | ".join(cls) + " | mean Dice | time (s) |", "|---" * (len(cls) + 3) + "|"]
+    seconds = results["seconds"]
+    for row, per in t["segmentation"].items():
+        means = [per[c]["dice"][0] for c in cls if not math.isnan(per[c]["dice"][0])]
+        sec = next((v for k, v in seconds.items() if row in k.split(" + ") or k == row), "")
+        lines.append(f"| {ROW_TITLES[row]} | " + " | ".join(f"{_pm(per[c]['dice'], '.3f')} / {_pm(per[c]['hd95_mm'], '.1f')}" for c in cls)
+                     + f" | {np.mean(means):.3f} | {sec} |")
+    if t["sct"]:
+        lines += ["", "## Synthetic CT of the test MR: |median HU - real CT median HU| and S_CT Dice, mean ± std over test subjects", "",
+                  "| row | " + " | ".join(cls) + " |", "|---" * (len(cls) + 1) + "|"]
+        for row, per in t["sct"].items():
+            title = "histogram matching (judged by the shape model's S_CT)" if row == "histmatch" else ROW_TITLES[row]
+            lines.append(f"| {title} | " + " | ".join(f"{_pm(per[c]['abs_median_diff_hu'], '.1f')} HU / {_pm(per[c]['dice'], '.3f')}"
+                                                      for c in cls) + " |")
+    lines += ["", "Time per training block (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()), ""]
+    return "\n".join(lines)
+
+
+def _csv(t: dict) -> str:
+    lines = ["table,row,organ,metric,mean,std,n"]
+    for table, rows in t.items():
+        for row, organs in rows.items():
+            for organ, metrics in organs.items():
+                for m, (mean, std, n) in metrics.items():
+                    lines.append(f"{table},{row},{organ},{m},{mean:.6g},{std:.6g},{n}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["run_benchmark", "tables"]

@@ -1,0 +1,65 @@
+"""The multi-subject benchmark: a disjoint, stable split; a tiny run writes a complete table."""
+
+import json
+
+import numpy as np
+import pytest
+
+from medgan.config import load_config
+from pipelines.benchmark.config import ROWS, BenchmarkConfig, Split
+from tests.conftest import DATA_DIR, ROOT, requires_data
+
+CHAOS = [f"chaos-t2-{s}" for s in ("01", "02", "05", "08", "13", "15", "19", "20", "22", "31", "32", "34", "36", "37", "39")]
+
+
+def test_the_versioned_split_is_disjoint_complete_and_stable():
+    split = json.loads((ROOT / "configs/benchmarks/chaos_split.json").read_text())
+    assert split["version"] == 1
+    train, test, _ = Split(file=ROOT / "configs/benchmarks/chaos_split.json").subjects(CHAOS)
+    assert not set(train) & set(test) and sorted(train + test) == sorted(CHAOS)
+    assert test == ["chaos-t2-05", "chaos-t2-15", "chaos-t2-22", "chaos-t2-34", "chaos-t2-39"]  # fixed: never re-drawn
+
+
+def test_k_folds_cover_every_subject_once():
+    tests = [Split(folds=5, fold=f).subjects(CHAOS)[1] for f in range(5)]
+    assert sorted(s for t in tests for s in t) == sorted(CHAOS)
+    with pytest.raises(ValueError, match="not in the data"):
+        Split(file=ROOT / "configs/benchmarks/chaos_split.json").subjects(CHAOS[:3])
+
+
+def test_identical_maps_score_dice_1_and_hd95_0():
+    from medgan.metrics import dice_per_class, hd95_per_class
+
+    lab = np.zeros((20, 20, 10), int)
+    lab[2:8, 2:8, 2:6], lab[10:16, 10:18, 3:8] = 1, 2
+    assert dice_per_class(lab, lab, ["a", "b"]) == {"a": 1.0, "b": 1.0}
+    assert hd95_per_class(lab, lab, ["a", "b"], (1.25, 1.25, 7.7)) == {"a": 0.0, "b": 0.0}
+
+
+@requires_data
+def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"version": 0, "train": ["chaos-t2-01"], "test": ["chaos-t2-02"]}))
+    tiny_cg = ["network.ngf=4", "network.n_res_blocks=1", "network.ndf=4", "network.d_layers=2", "train.pool_size=2",
+               "inference.sw_batch_size=4"]
+    cfg = load_config(BenchmarkConfig, ROOT / "configs/benchmarks/chaos.yaml", [
+        f"split.file={split}", "iters=2", "patch_size=[32,32,32]", "seg_features=[4,4,4,8,8,4]", f"output_dir={tmp_path / 'b'}",
+        f"cyclegan={tiny_cg}", "adda=[network.disc_channels=4, inference.sw_batch_size=4]", "device=cpu"])
+    assert cfg.target.folder == DATA_DIR.resolve() / "abdomen/mr-chaos"
+    from pipelines.benchmark.run import run_benchmark
+
+    res = run_benchmark(cfg)
+    assert set(res["segmentation"]) == set(ROWS)
+    assert set(res["sct"]) == {"cyclegan_plain", "cyclegan_shape", "histmatch"}
+    for row in ROWS:
+        (s,) = res["segmentation"][row]
+        assert s["subject"] == "chaos-t2-02" and set(s["dice"]) == set(cfg.classes) and set(s["hd95_mm"]) == set(cfg.classes)
+    md = (tmp_path / "b/table.md").read_text()
+    for row in ("no adaptation", "plain CycleGAN", "shape-consistent", "ADDA", "CyCADA", "supervised", "histogram matching"):
+        assert row in md
+    assert "chaos-t2-02" in md and "chaos-t2-01" not in md.split("test")[-1].split("\n")[0]
+    lines = (tmp_path / "b/table.csv").read_text().splitlines()
+    assert lines[0] == "table,row,organ,metric,mean,std,n" and len(lines) == 1 + 6 * 4 * 2 + 3 * 4 * 3
+    # the test subject entered no training step: not in any training config
+    for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):
+        assert "chaos-t2-02" not in cfg_file.read_text(), cfg_file
