@@ -7,6 +7,17 @@ from pathlib import Path
 import numpy as np
 
 
+def _save(fig, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib figure
+    """Write ``fig`` as PNG (folders created) and close it."""
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
 def _slices(vol: np.ndarray) -> list[np.ndarray]:
     """Axial, coronal, sagittal mid-slices of a ``(D, H, W)`` RAS volume, for display (rows up)."""
     d, h, w = (s // 2 for s in vol.shape)
@@ -40,11 +51,7 @@ def save_orthogonal_slices(
             ax.set_title(f"{title} ({view})", fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def ras_view(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -81,11 +88,7 @@ def save_case_figure(
             ax.axis("off")
         if bar:
             fig.colorbar(im, ax=list(axes[r]), shrink=0.8, label=bar)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def save_hu_distributions(path: str | Path, organs: dict[str, tuple[np.ndarray, np.ndarray | None]], title: str) -> Path:
@@ -115,8 +118,4 @@ def save_hu_distributions(path: str | Path, organs: dict[str, tuple[np.ndarray, 
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return _save(fig, path)

@@ -41,10 +41,10 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"version": 0, "train": ["chaos-t2-01"], "test": ["chaos-t2-02"]}))
     tiny_cg = ["network.ngf=4", "network.n_res_blocks=1", "network.ndf=4", "network.d_layers=2", "train.pool_size=2",
-               "inference.sw_batch_size=4"]
+               "inference.sw_batch_size=4", "inference.overlap=0"]
     cfg = load_config(BenchmarkConfig, ROOT / "configs/benchmarks/chaos.yaml", [
         f"split.file={split}", "iters=2", "patch_size=[32,32,32]", "seg_features=[4,4,4,8,8,4]", f"output_dir={tmp_path / 'b'}",
-        f"cyclegan={tiny_cg}", "adda=[network.disc_channels=4, inference.sw_batch_size=4]", "device=cpu"])
+        f"cyclegan={tiny_cg}", "adda=[network.disc_channels=4, inference.sw_batch_size=4, inference.overlap=0]", "device=cpu"])
     assert cfg.target.folder == DATA_DIR.resolve() / "abdomen/mr-chaos"
     from pipelines.benchmark.run import run_benchmark
 
