@@ -9,7 +9,7 @@ The public API (imported lazily, so ``import medgan`` stays light):
 - :class:`CycleGANConfig`, :func:`load_config` - the pipeline config schema and its loader;
 - :func:`train`, :class:`CycleGANTrainer` - training;
 - :class:`Translator`, :func:`translate` - whole-volume translation of files or tensors;
-- :func:`evaluate` - shape preservation (Dice), per-organ HU statistics, paired MAE/PSNR/SSIM;
+- :func:`evaluate` - shape preservation (Dice), per-organ HU statistics, SynthRAD2025 MAE/PSNR/MS-SSIM (``evaluate_set`` for test sets);
 - :func:`read_volume`, :func:`write_nifti` - I/O with geometry.
 """
 
@@ -24,6 +24,9 @@ _API = {
     "Translator": "pipelines.cyclegan.translate",
     "translate": "pipelines.cyclegan.translate",
     "evaluate": "pipelines.cyclegan.evaluate",
+    "evaluate_set": "pipelines.cyclegan.evaluate",
+    "read_cases": "pipelines.cyclegan.evaluate",
+    "run_benchmark": "pipelines.benchmark.run",
     "load_config": "medgan.config",
     "read_volume": "medgan.io",
     "write_nifti": "medgan.io",
