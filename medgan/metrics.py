@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from monai.metrics import compute_dice
@@ -182,7 +184,9 @@ def hd95_per_class(pred: np.ndarray, target: np.ndarray, classes: list[str], spa
         if not p[0, i].any() or not t[0, i].any():
             out[c] = float("nan")
             continue
-        d = compute_hausdorff_distance(p[:, [0, i]], t[:, [0, i]], include_background=False, percentile=95,
-                                       spacing=[float(s) for s in spacing_mm])
+        with warnings.catch_warnings():  # MONAI 1.6 warns about its own deprecated internal argument
+            warnings.simplefilter("ignore", FutureWarning)
+            d = compute_hausdorff_distance(p[:, [0, i]], t[:, [0, i]], include_background=False, percentile=95,
+                                           spacing=[float(s) for s in spacing_mm])
         out[c] = float(d[0, 0])
     return out
