@@ -124,7 +124,7 @@ def sliding_window(
 
     Windows run on ``device`` (default: the network's) under ``torch.inference_mode``, in float32
     unless ``precision="bfloat16"`` (autocast, on CPU or CUDA: faster, but it moves a synthetic
-    CT by tens of HU, see ``InferenceConfig.precision``); ``sw_batch_size=None`` picks
+    CT by up to 15-30 HU, 1-2 HU on average, see ``InferenceConfig.precision``); ``sw_batch_size=None`` picks
     :func:`window_batch_size`. A volume
     smaller than ``roi_size`` is padded with ``pad_value`` (-1 is background in the [-1, 1]
     scaling). Safe to call from several threads at once (no state is kept but the fitted batch).

@@ -142,7 +142,7 @@ class InferenceConfig(_Strict):
     blend: Literal["gaussian", "constant"] = "gaussian"
     precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="float32 (default) or bfloat16 autocast: faster on GPUs and AMX CPUs, but it moves "
-        "the outputs (see benchmarks/README.md for the measured HU error); never the default for intensity outputs")
+        "a synthetic CT by up to 15-30 HU (mean 1-2 HU in the body; benchmarks/bench_precision.py, benchmarks/README.md)")
 
 
 def domain_preprocessor(domain: DomainConfig, spacing_mm: tuple[float, float, float], classes: list[str]) -> DomainPreprocessor:
