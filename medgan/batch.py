@@ -208,14 +208,11 @@ class Manifest:
         """Every output a record names is a file in this folder with the recorded size and SHA-256."""
         sums, sizes = rec.get("sha256") or {}, rec.get("sizes") or {}
         names = rec.get("outputs") or []
-        root = self.dir.resolve()
         if not names or set(names) != set(sums) or set(names) != set(sizes):
             return False
         for n in names:
-            if not isinstance(n, str) or "/" in n or "\\" in n:
-                return False
-            p = (self.dir / n).resolve()
-            if p.parent != root or not p.is_file() or p.stat().st_size != sizes[n] or sha256_of(p) != sums[n]:
+            p = file_in_folder(self.dir, n)
+            if p is None or p.stat().st_size != sizes[n] or sha256_of(p) != sums[n]:
                 logger.warning("%s: changed or missing since it was recorded; the scan is done again", p)
                 return False
         return True
@@ -290,18 +287,19 @@ def default_workers(device: Any, n_scans: int, workers: int | None = None) -> tu
     return n, max(1, cores // n), io
 
 
+def file_in_folder(folder: Path, name: object) -> Path | None:
+    """``folder / name`` when ``name`` (from a manifest: untrusted) is a plain file name of an
+    existing file directly in ``folder``; ``None`` for anything else (paths, links out, missing)."""
+    if not isinstance(name, str) or "/" in name or "\\" in name:
+        return None
+    p = folder / name
+    return p if p.resolve().parent == folder.resolve() and p.is_file() else None
+
+
 def _stale_outputs(record: dict | None, names: list[str], out: Path) -> list[Path]:
     """Files an earlier record of the same scan and task lists that the new outputs do not replace."""
-    if not record:
-        return []
-    root = out.resolve()
-    stale = []
-    for n in record.get("outputs") or []:
-        if isinstance(n, str) and n not in names and "/" not in n and "\\" not in n:
-            p = out / n
-            if p.resolve().parent == root and p.is_file():
-                stale.append(p)
-    return stale
+    found = (file_in_folder(out, n) for n in (record or {}).get("outputs") or [] if n not in names)
+    return [p for p in found if p is not None]
 
 
 def run_batch(
@@ -392,26 +390,27 @@ def run_batch(
 
     full_volumes = threading.Semaphore(max(1, max_volumes))
 
-    def load(job: ScanJob, timings: dict) -> tuple[Grid, Any]:
+    def load(job: ScanJob, timings: dict) -> tuple[Grid, Any, dict]:
+        """The scan's grid, the model's input, and what the sidecar says of the input."""
         with full_volumes:
             t0 = time.perf_counter()
-            timings["input_sha256"] = sha256_of(job.source)  # of the content before it is read
+            source = {"input_sha256": sha256_of(job.source)}  # of the content before it is read
             vol = read_volume(job.source, series_uid=job.series_uid, as_float=False, max_voxels=max_voxels,
                               check_values=getattr(task, "check_values", True))
-            timings["geometry_notes"] = vol.notes
+            source["input_geometry"] = vol.notes
             prepared = task.prepare(vol)
             timings["read_s"] = round(time.perf_counter() - t0, 3)
-            return vol.grid, prepared  # the voxels are not kept: memory stays bounded
+            return vol.grid, prepared, source  # the voxels are not kept: memory stays bounded
 
-    def infer(loaded: Future, timings: dict) -> tuple[Grid, Any, Any]:
-        grid, prepared = loaded.result()
+    def infer(loaded: Future, timings: dict) -> tuple[Grid, Any, dict, Any]:
+        grid, prepared, source = loaded.result()
         t0 = time.perf_counter()
         with torch.inference_mode():
             result = task.run(prepared)
         timings["model_s"] = round(time.perf_counter() - t0, 3)
-        return grid, prepared, result
+        return grid, prepared, source, result
 
-    def write(job: ScanJob, vol: Grid, prepared: Any, result: Any, timings: dict) -> None:
+    def write(job: ScanJob, vol: Grid, prepared: Any, source: dict, result: Any, timings: dict) -> None:
         try:
             with full_volumes:
                 t0 = time.perf_counter()
@@ -426,13 +425,11 @@ def run_batch(
                     sums[path.name] = digest.hexdigest()
                 del arrays, arr
                 timings["write_s"] = round(time.perf_counter() - t0, 3)
-            input_sha = timings.pop("input_sha256")
-            notes = timings.pop("geometry_notes")
             sidecar = {
                 **provenance, "medgan_version": medgan.__version__, "task": task.name, "task_key": key,
-                "input": str(Path(job.source).resolve()), "series_uid": job.series_uid, "input_sha256": input_sha,
+                "input": str(Path(job.source).resolve()), "series_uid": job.series_uid, **source,
                 "input_shape": list(vol.shape), "input_affine": np.round(vol.affine, 6).tolist(),
-                "input_geometry": notes, "outputs": sums, "timings": timings,
+                "outputs": sums, "timings": timings,
             }
             text = json.dumps(sidecar, indent=2)
             side = atomic_write_text(out / f"{job.stem}_{task.name}.json", text)
@@ -443,7 +440,7 @@ def run_batch(
             if man:
                 man.append({"stem": job.stem, "task": task.name, "task_key": key, "input": str(job.source),
                             "series_uid": job.series_uid, "status": "done", "error": None, "outputs": names,
-                            "sha256": sums, "sizes": sizes, "input_sha256": input_sha, "timings": timings,
+                            "sha256": sums, "sizes": sizes, "input_sha256": source["input_sha256"], "timings": timings,
                             "rank": rank, "time": time.time()})
             for p in stale:  # outputs of an earlier run of this scan that this run does not make (e.g. _seg)
                 logger.info("%s: removed, an output of an earlier run with other options", p)
@@ -466,13 +463,13 @@ def run_batch(
     def hand_over() -> None:  # the oldest scan's model result goes to the writers
         job, timings, fut = inflight.popleft()
         try:
-            grid, prepared, result = fut.result()
+            grid, prepared, source, result = fut.result()
         except Exception as err:  # noqa: BLE001 - read, preprocessing or model failure of this scan only
             fail(job, err, timings)
             return
         while len(pending) >= max(1, max_pending_writes):
             pending.popleft().result()
-        pending.append(writers.submit(write, job, grid, prepared, result, timings))
+        pending.append(writers.submit(write, job, grid, prepared, source, result, timings))
 
     # Python's cyclic GC would re-traverse the hundreds of thousands of objects of torch, MONAI and
     # the networks at each full collection (1 % of a CPU batch's time); frozen, they are skipped.

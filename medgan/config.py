@@ -13,7 +13,6 @@ means the same files from any folder. Output folders stay relative to the workin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -38,9 +37,8 @@ def _absolute(value: Any, base: Path) -> Any:
     if value is None:
         return None
     if isinstance(value, (str, Path)):
-        p = Path(os.path.expanduser(str(value)))
-        return (p if p.is_absolute() else base / p).resolve() if isinstance(value, Path) else str(
-            (p if p.is_absolute() else base / p).resolve())
+        resolved = (base / Path(value).expanduser()).resolve()  # base / an absolute path is that path
+        return resolved if isinstance(value, Path) else str(resolved)
     if isinstance(value, list):
         return [_absolute(v, base) for v in value]
     if isinstance(value, dict):

@@ -62,19 +62,13 @@ def evaluate(
     classes = tr.classes
     src_lab = None
     if source_labels is not None:
-        mapper = tr.preprocessor(src).label_mapper
-        if mapper is None:
-            raise ValueError(f"{tr.folder}: model has no label mapping for domain {src}")
-        raw = read_label_map(source_labels)
-        src_lab = mapper(_labels_on(raw, vol, report, "source_labels"), raw.path)
+        src_lab = _classes_on(tr, src, source_labels, vol, report, "source_labels")
         pred = tr.segment_volume(vol, tgt)
         report["dice"] = dice_per_class(pred, src_lab, classes)
-        valid = [v for v in report["dice"].values() if not math.isnan(v)]
-        report["dice_mean"] = float(np.mean(valid)) if valid else float("nan")
+        report["dice_mean"] = _mean(report["dice"])
     if reference is not None and reference_labels is not None and src_lab is not None:
         ref = read_volume(reference)
-        ref_raw = read_label_map(reference_labels)
-        ref_lab = tr.preprocessor(tgt).label_mapper(_labels_on(ref_raw, ref, report, "reference_labels"), ref_raw.path)
+        ref_lab = _classes_on(tr, tgt, reference_labels, ref, report, "reference_labels")
         ours = intensity_stats_per_class(vol.array, src_lab, classes)
         theirs = intensity_stats_per_class(ref.array, ref_lab, classes)
         report["intensity"] = {
@@ -95,14 +89,25 @@ def evaluate(
     return report
 
 
-def _labels_on(labels: Volume, image: Volume, report: dict, name: str) -> np.ndarray:
-    """``labels`` on ``image``'s voxels by world position (nearest neighbour; background outside
-    the label map); a resampling is logged and recorded in the report."""
-    out = onto_grid(labels, image.affine, image.array.shape, "nearest")
-    if out is not labels.array:
-        logger.warning("%s: on another voxel grid than %s; matched by world position (nearest neighbour)", labels.path, image.path)
-        report.setdefault("resampled", {})[name] = f"{labels.path} -> grid of {image.path} (nearest neighbour, world coordinates)"
-    return out
+def _classes_on(tr: Translator, domain: str, labels: str | Path, image: Volume, report: dict | None = None,
+                name: str = "labels") -> np.ndarray:
+    """The label map ``labels`` (its dataset's ids) as class indices of the model's ``classes`` on
+    ``image``'s voxels, matched by world position (nearest neighbour; background outside the
+    label map); a resampling is logged and, with a ``report``, recorded in it.
+
+    Raises:
+        ValueError: the model has no label table for ``domain``, or the map has unknown ids.
+    """
+    mapper = tr.preprocessor(domain).label_mapper
+    if mapper is None:
+        raise ValueError(f"{tr.folder}: model has no label mapping for domain {domain}")
+    raw = read_label_map(labels)
+    out = onto_grid(raw, image.affine, image.array.shape, "nearest")
+    if out is not raw.array:
+        logger.warning("%s: on another voxel grid than %s; matched by world position (nearest neighbour)", raw.path, image.path)
+        if report is not None:
+            report.setdefault("resampled", {})[name] = f"{raw.path} -> grid of {image.path} (nearest neighbour, world coordinates)"
+    return mapper(out, raw.path)
 
 
 def report_rows(report: dict) -> list[dict]:
@@ -305,8 +310,7 @@ def evaluate_case(case: Case, tr: Translator | None, direction: str | None, figu
             res["seg_hd95_mm"] = hd95_per_class(pred, pred_ref, classes, spacing)
             res["seg_dice_mean"], res["seg_hd95_mean_mm"] = _mean(res["seg_dice"]), _mean(res["seg_hd95_mm"])
         if case.source_labels is not None:
-            raw = read_label_map(case.source_labels)
-            lab = tr.preprocessor(src).label_mapper(onto_grid(raw, *grid, "nearest"), raw.path)
+            lab = _classes_on(tr, src, case.source_labels, sct, res, "source_labels")
             res["dice"] = dice_per_class(pred, lab, classes)
             res["hd95_mm"] = hd95_per_class(pred, lab, classes, spacing)
             res["dice_mean"], res["hd95_mean_mm"] = _mean(res["dice"]), _mean(res["hd95_mm"])
@@ -344,8 +348,7 @@ def real_ct_hu(tr: Translator, direction: str, datalist: list[dict]) -> dict[str
         if not e.get("label"):
             continue
         img = read_volume(e["image"])
-        raw = read_label_map(e["label"])
-        lab = tr.preprocessor(tgt).label_mapper(onto_grid(raw, img.affine, img.array.shape, "nearest"), raw.path)
+        lab = _classes_on(tr, tgt, e["label"], img)
         for i, c in enumerate(tr.classes, 1):
             v = img.array[lab == i]
             if v.size:
