@@ -35,7 +35,7 @@ def bench_training(iters: int, out: Path) -> dict:
     times = []
     for it in range(1, iters + 3):
         tr.iteration = it
-        a, b = tr._batch("CT", it), tr._batch("MR", it)
+        a, b = tr.batch("CT", it), tr.batch("MR", it)
         t0 = time.perf_counter()
         tr.train_step(a, b)
         times.append(time.perf_counter() - t0)

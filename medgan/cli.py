@@ -53,21 +53,25 @@ def _finish_batch(report, verb: str) -> None:  # noqa: ANN001 - medgan.batch.Bat
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="YAML config (see configs/)."),
+    config: Path = typer.Argument(..., help="YAML config (see configs/); its 'pipeline' key picks cyclegan, adda or cvae."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.subkey=value overrides, e.g. optim.n_iters=100"),
     resume: Optional[Path] = typer.Option(None, help="Checkpoint or run folder to continue exactly."),
 ) -> None:
-    """Train a shape-consistent CycleGAN."""
+    """Train the config's pipeline (shape-consistent CycleGAN by default). On several GPUs or
+    nodes: `torchrun --nproc-per-node N -m medgan train CONFIG` (gloo on CPU)."""
     try:
-        from medgan.config import load_config
-        from pipelines.cyclegan.config import CycleGANConfig
-        from pipelines.cyclegan.trainer import train as run
+        from pipelines.registry import build_trainer
 
-        cfg = load_config(CycleGANConfig, config, overrides)
-        ckpt = run(cfg, resume=resume, progress=sys.stderr.isatty())
+        trainer = build_trainer(config, overrides, resume=resume, progress=sys.stderr.isatty())
+        ckpt = trainer.fit()
     except USER_ERRORS as err:
         _fail(err)
-    out.print(f"checkpoint: {ckpt}")
+    if trainer.dist.is_main:
+        out.print(f"checkpoint: {ckpt}")
+    if trainer.dist.enabled:
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
 
 
 @app.command()

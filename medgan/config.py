@@ -88,6 +88,25 @@ def apply_override(tree: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
+def read_config_tree(path: str | Path) -> dict:
+    """The YAML mapping of a config file, unvalidated.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: unreadable YAML, or not a mapping at the top level.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: config file does not exist")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML ({err})") from err
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(tree).__name__}")
+    return tree
+
+
 def load_config(schema: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
     """Read ``path`` (YAML; ``None`` for defaults only), apply overrides, validate with ``schema``.
 
@@ -95,19 +114,8 @@ def load_config(schema: type[M], path: str | Path | None, overrides: list[str] |
         FileNotFoundError: no such file.
         ConfigError: unreadable YAML, unknown keys, wrong types (each field named).
     """
-    tree: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: config file does not exist")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML ({err})") from err
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level, got {type(tree).__name__}")
+    tree: dict = read_config_tree(path) if path is not None else {}
+    source = "<defaults>" if path is None else str(path)
     for o in overrides or []:
         apply_override(tree, o)
     try:

@@ -129,6 +129,10 @@ class TrainBase(_Strict):
     output_dir: Path = Path("runs/medgan")
     log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(500, ge=1)
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX); "
+                      "float32 elsewhere. Measured in benchmarks/bench_step.py")
+    channels_last: bool = Field(True, description="networks and patches in channels-last 3D memory order (faster convs)")
+    compile: bool = Field(False, description="torch.compile each network (first iterations slower)")
 
 
 class InferenceConfig(_Strict):

@@ -1,5 +1,6 @@
-"""Generic training steps shared by the pipelines (networks and optimizers are passed in)."""
+"""Training: the engine every pipeline runs on (:class:`Trainer`) and generic GAN steps."""
 
+from medgan.training.engine import Distributed, NonFiniteLossError, Trainer, autocast_dtype
 from medgan.training.gan_step import GANStep, aae_step
 
-__all__ = ["GANStep", "aae_step"]
+__all__ = ["Distributed", "GANStep", "NonFiniteLossError", "Trainer", "aae_step", "autocast_dtype"]

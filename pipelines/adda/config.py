@@ -12,6 +12,7 @@ gain. Add 0 and 1 to align every skip connection.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -53,6 +54,7 @@ class AddaTrainConfig(TrainBase):
 class AddaConfig(PipelineConfig):
     """ADDA (Tzeng et al. 2017) for 3D segmentation: ``source`` labelled, ``target`` labels used
     only by the supervised upper bound and by evaluation."""
+    pipeline: Literal["adda"] = "adda"
 
     classes: list[str] = Field(min_length=1)
     source: DomainConfig

@@ -18,9 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import medgan
-from medgan.checkpoint import load_networks, load_training_state, read_meta, resolve_checkpoint, save_checkpoint
-from medgan.config import dump_config
 from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import PatchDataset
 from medgan.keys import Keys
@@ -28,7 +25,8 @@ from medgan.losses import AdversarialLoss, MaskedDiceCELoss
 from medgan.networks.checks import check_input_size
 from medgan.networks.discriminators import FeatureDiscriminator
 from medgan.networks.segmenters import build_split_segmenter
-from medgan.utils import LossLog, resolve_device, rng_state, seed_everything, set_requires_grad, set_rng_state
+from medgan.training.engine import Trainer
+from medgan.utils import set_requires_grad
 from pipelines.adda.config import AddaConfig
 from pipelines.data_config import domain_preprocessor
 
@@ -51,47 +49,60 @@ def build_adda_networks(config: AddaConfig) -> nn.ModuleDict:
     return nn.ModuleDict(nets)
 
 
-class AddaTrainer:
-    """Builds data and networks from an :class:`AddaConfig` and runs the three stages."""
+class AddaTrainer(Trainer):
+    """The three ADDA stages on the training engine (:class:`~medgan.training.Trainer`)."""
+
+    pipeline = PIPELINE
+    find_unused_parameters = True  # E_tgt's levels above the aligned ones get no gradient
 
     def __init__(self, config: AddaConfig, resume: str | Path | None = None, progress: bool = True) -> None:
-        self.cfg, t, o = config, config.train, config.optim
-        self.device = resolve_device(t.device)
-        self.progress, self.out = progress, Path(t.output_dir)
-        seed_everything(t.seed)
-        self.nets = build_adda_networks(config).to(self.device)
-        check_input_size({"segmenter (E_src + H)": torch.nn.Sequential(self.nets["E_src"], self.nets["H"])}, t.patch_size)
-        betas = o.betas
-        d_params = [p for n, m in self.nets.items() if n.startswith("D_") for p in m.parameters()]
-        self.optimizers = {
-            "source": torch.optim.Adam([*self.nets["E_src"].parameters(), *self.nets["H"].parameters()], lr=o.lr_source, betas=betas),
-            "target": torch.optim.Adam(self.nets["E_tgt"].parameters(), lr=o.lr_target, betas=betas),
-            "disc": torch.optim.Adam(d_params, lr=o.lr_disc, betas=betas),
-        }
+        super().__init__(config, resume, progress)
+        self.summary_keys = ()
+
+    # ------------------------------------------------------------------ what the engine asks for
+    def build_networks(self) -> nn.ModuleDict:
+        nets = build_adda_networks(self.cfg)
+        check_input_size({"segmenter (E_src + H)": torch.nn.Sequential(nets["E_src"], nets["H"])}, self.cfg.train.patch_size)
+        return nets
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        o, nets = self.cfg.optim, self.nets
+        d_params = [p for n, m in nets.items() if n.startswith("D_") for p in m.parameters()]
+        opts = {"source": torch.optim.Adam([*nets["E_src"].parameters(), *nets["H"].parameters()], lr=o.lr_source, betas=o.betas),
+                "target": torch.optim.Adam(nets["E_tgt"].parameters(), lr=o.lr_target, betas=o.betas),
+                "disc": torch.optim.Adam(d_params, lr=o.lr_disc, betas=o.betas)}
         if o.n_oracle_iters:
-            self.optimizers["oracle"] = torch.optim.Adam(
-                [*self.nets["E_oracle"].parameters(), *self.nets["H_oracle"].parameters()], lr=o.lr_source, betas=betas)
-        self.adv = AdversarialLoss(config.loss.gan_mode)
+            opts["oracle"] = torch.optim.Adam([*nets["E_oracle"].parameters(), *nets["H_oracle"].parameters()], lr=o.lr_source, betas=o.betas)
+        return opts
+
+    def build_data(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.adv = AdversarialLoss(cfg.loss.gan_mode)
         self.seg = MaskedDiceCELoss()
-        self.iteration = 0
-        total = config.stages[-1][1]
         self.datasets, scalings = {}, {}
-        for i, dom in enumerate((config.source, config.target)):
-            pre = domain_preprocessor(dom, t.spacing_mm, config.classes)
+        for i, dom in enumerate((cfg.source, cfg.target)):
+            pre = domain_preprocessor(dom, t.spacing_mm, cfg.classes)
             vols, sc = [], []
             for e in dom.data.datalist():
                 v, s = pre.training_volume(e, t.patch_size)
                 vols.append(v)
                 sc.append(s)
             scalings[dom.name] = mean_scaling(sc)
-            self.datasets[dom.name] = PatchDataset(vols, t.patch_size, seed=t.seed * 1000 + i, length=total * t.batch_size,
+            self.datasets[dom.name] = PatchDataset(vols, t.patch_size, seed=self.seed(i), length=self.total_iterations() * t.batch_size,
                                                    pos=t.crop_pos, neg=t.crop_neg)
             logger.info("%s: %d volumes (%d labelled)", dom.name, len(vols), sum(v[Keys.HAS_LABEL.value] for v in vols))
-        if not any(v[Keys.HAS_LABEL.value] for v in self.datasets[config.source.name].volumes):
-            raise ValueError(f"source domain {config.source.name}: no labelled volume; ADDA's source stage needs labels")
-        self.normalization = {d.name: {"kind": d.intensity.kind, **scalings[d.name].to_dict()} for d in (config.source, config.target)}
-        if resume is not None:
-            self.load(resume)
+        if not any(v[Keys.HAS_LABEL.value] for v in self.datasets[cfg.source.name].volumes):
+            raise ValueError(f"source domain {cfg.source.name}: no labelled volume; ADDA's source stage needs labels")
+        self.normalization = {d.name: {"kind": d.intensity.kind, **scalings[d.name].to_dict()} for d in (cfg.source, cfg.target)}
+
+    def total_iterations(self) -> int:
+        return self.cfg.stages[-1][1]
+
+    def meta_extra(self) -> dict:
+        return {"domains": [self.cfg.source.name, self.cfg.target.name], "classes": list(self.cfg.classes)}
+
+    def checkpoint_now(self, it: int) -> bool:
+        return it in {e for _, e in self.cfg.stages}
 
     def stage(self, it: int) -> str:
         for name, end in self.cfg.stages:
@@ -99,100 +110,49 @@ class AddaTrainer:
                 return name
         return "done"
 
-    # ------------------------------------------------------------------ state
-    def meta(self) -> dict:
-        return {"pipeline": PIPELINE, "medgan_version": medgan.__version__, "iteration": self.iteration,
-                "domains": [self.cfg.source.name, self.cfg.target.name], "classes": list(self.cfg.classes),
-                "normalization": self.normalization}
+    # ------------------------------------------------------------------ one iteration
+    def step(self, it: int) -> dict[str, float]:
+        stage, src, tgt = self.stage(it), self.cfg.source.name, self.cfg.target.name
+        if stage == "adapt" and it == self.cfg.stages[0][1] + 1:
+            self.nets["E_tgt"].load_state_dict(self.nets["E_src"].state_dict())  # E_t starts as E_s (on every rank)
+        if stage == "source":
+            return self.supervised_step("E_src", "H", "source", self.batch(src, it))
+        if stage == "adapt":
+            return self.adapt_step(self.batch(src, it)["x"], self.batch(tgt, it)["x"])
+        return self.supervised_step("E_oracle", "H_oracle", "oracle", self.batch(tgt, it))
 
-    def save(self) -> Path:
-        state = {"iteration": self.iteration, "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                 "rng": rng_state()}
-        folder = self.out / "checkpoints" / f"iter_{self.iteration:06d}"
-        return save_checkpoint(folder, dict(self.nets.items()), self.meta(), dump_config(self.cfg), state)
-
-    def load(self, checkpoint: str | Path) -> None:
-        folder = resolve_checkpoint(checkpoint, need_state=True)
-        read_meta(folder, PIPELINE)
-        load_networks(folder, dict(self.nets.items()))
-        state = load_training_state(folder)
-        for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
-        set_rng_state(state["rng"])
-        self.iteration = int(state["iteration"])
-        logger.info("resumed from %s at iteration %d (%s stage)", folder, self.iteration, self.stage(self.iteration + 1))
-
-    # ------------------------------------------------------------------ steps
-    def _batch(self, domain: str, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ds, b = self.datasets[domain], self.cfg.train.batch_size
-        items = [ds[(it - 1) * b + j] for j in range(b)]
-        return (torch.stack([i[Keys.IMAGE.value] for i in items]).to(self.device),
-                torch.stack([i[Keys.LABEL.value] for i in items]).to(self.device),
-                torch.tensor([i[Keys.HAS_LABEL.value] for i in items], device=self.device))
-
-    def _supervised(self, enc: str, head: str, opt: str, batch) -> dict[str, float]:  # noqa: ANN001
-        x, y, m = batch
-        loss = self.seg(self.nets[head](self.nets[enc](x)), y, m)
+    def supervised_step(self, enc: str, head: str, group: str, batch: dict) -> dict[str, float]:
+        """Stage 1 (source) or 3 (oracle): Dice + cross-entropy on labelled patches."""
+        with self.autocast():
+            pred = self.net(head)(self.net(enc)(batch["x"]))
+            loss = self.seg(pred, batch["y"], batch["m"])
         if loss is None:
-            return {}
-        self.optimizers[opt].zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizers[opt].step()
-        return {f"seg_{opt}": float(loss.detach())}
+            if not self.dist.enabled:
+                return {}
+            loss = pred.float().sum() * 0.0  # every rank joins the all-reduce
+        self.update(group, loss, {f"seg_{group}": loss})
+        return {f"seg_{group}": float(loss.detach())} if bool(batch["m"].any()) else {}
 
     def adapt_step(self, x_s: torch.Tensor, x_t: torch.Tensor) -> dict[str, float]:
-        """One adaptation step on source and target patches ``(B, 1, D, H, W)``."""
+        """Stage 2 (Tzeng Eqs. 6-7) on source and target patches ``(B, 1, D, H, W)``: the
+        feature discriminators, then E_tgt with inverted labels; E_src and H frozen."""
         levels = self.cfg.loss.align_levels
         set_requires_grad([self.nets["E_src"], self.nets["H"]], False)
-        with torch.no_grad():
-            f_s = self.nets["E_src"](x_s)
-        f_t = self.nets["E_tgt"](x_t)
-        discs = [self.nets[f"D_level{lv}"] for lv in levels]
-        set_requires_grad(discs, True)
-        d_loss = sum(self.adv(d(f_s[lv]), True) + self.adv(d(f_t[lv].detach()), False) for d, lv in zip(discs, levels))
-        self.optimizers["disc"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.optimizers["disc"].step()
-        set_requires_grad(discs, False)
-        t_loss = sum(self.adv(d(f_t[lv]), True, for_discriminator=False) for d, lv in zip(discs, levels))  # inverted labels
-        self.optimizers["target"].zero_grad(set_to_none=True)
-        t_loss.backward()
-        self.optimizers["target"].step()
-        set_requires_grad(discs, True)
+        names = [f"D_level{lv}" for lv in levels]
+        with self.autocast():
+            with torch.no_grad():
+                f_s = self.nets["E_src"](x_s)
+            f_t = self.net("E_tgt")(x_t)
+            set_requires_grad([self.nets[d] for d in names], True)
+            d_loss = sum(self.adv(self.net(d)(f_s[lv]), True) + self.adv(self.net(d)(f_t[lv].detach()), False)
+                         for d, lv in zip(names, levels))
+        self.update("disc", d_loss)
+        set_requires_grad([self.nets[d] for d in names], False)
+        with self.autocast():
+            t_loss = sum(self.adv(self.net(d, update=False)(f_t[lv]), True, for_discriminator=False) for d, lv in zip(names, levels))
+        self.update("target", t_loss)
+        set_requires_grad([self.nets[d] for d in names], True)
         return {"D_feat": float(d_loss.detach()), "E_tgt_adv": float(t_loss.detach())}
-
-    def fit(self) -> Path:
-        """Run every remaining iteration of every stage; returns the last checkpoint."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        t, end = self.cfg.train, self.cfg.stages[-1][1]
-        src, tgt = self.cfg.source.name, self.cfg.target.name
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg))
-        log = LossLog(self.out / "losses.csv", self.iteration)
-        self.nets.train()
-        ckpt = None
-        with Progress(TextColumn("adda {task.fields[stage]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      disable=not self.progress) as bar:
-            task = bar.add_task("adda", total=end, completed=self.iteration, stage="")
-            while self.iteration < end:
-                self.iteration += 1
-                it, stage = self.iteration, self.stage(self.iteration)
-                if stage == "adapt" and it == self.cfg.stages[0][1] + 1:
-                    self.nets["E_tgt"].load_state_dict(self.nets["E_src"].state_dict())  # E_t starts as E_s
-                if stage == "source":
-                    logs = self._supervised("E_src", "H", "source", self._batch(src, it))
-                elif stage == "adapt":
-                    logs = self.adapt_step(self._batch(src, it)[0], self._batch(tgt, it)[0])
-                else:
-                    logs = self._supervised("E_oracle", "H_oracle", "oracle", self._batch(tgt, it))
-                log.write(it, logs)
-                if it % t.log_every == 0:
-                    logger.info("iter %d (%s) %s", it, stage, " ".join(f"{k}={v:.3f}" for k, v in logs.items()))
-                if it % t.checkpoint_every == 0 or it == end or it in {e for _, e in self.cfg.stages}:
-                    ckpt = self.save()
-                bar.update(task, completed=it, stage=stage)
-        return ckpt if ckpt is not None else self.save()
 
 
 def train_adda(config: AddaConfig, resume: str | Path | None = None, progress: bool = True) -> Path:

@@ -64,6 +64,7 @@ class AugmentConfig(_Strict):
 
 
 class CVAEConfig(PipelineConfig):
+    pipeline: Literal["cvae"] = "cvae"
     classes: list[str] = Field(min_length=1)
     domain: DomainConfig
     network: CVAENetworkConfig = CVAENetworkConfig()

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import torch
 
-import medgan
-from medgan.checkpoint import load_networks, load_training_state, read_meta, resolve_checkpoint, save_checkpoint
-from medgan.config import dump_config
 from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import PatchDataset
 from medgan.keys import Keys
 from medgan.networks.vae import SpatialCVAE, vae_loss
-from medgan.utils import LossLog, resolve_device, rng_state, seed_everything, set_rng_state
+from medgan.training.engine import RANK_SEED_STRIDE, Trainer
 from pipelines.cvae.config import CVAEConfig
 from pipelines.data_config import domain_preprocessor
 
@@ -44,74 +41,50 @@ def labelled_volumes(config: CVAEConfig) -> tuple[list[dict], list]:
     return vols, scalings
 
 
-class CVAETrainer:
-    """Trains :class:`~medgan.networks.vae.SpatialCVAE` with a beta-annealed negative ELBO."""
+class CVAETrainer(Trainer):
+    """Trains :class:`~medgan.networks.vae.SpatialCVAE` (Sohn et al. 2015, Eq. 4: the negative
+    conditional ELBO, KL weight ``beta`` annealed linearly over ``loss.kl_anneal_iters``) on the
+    training engine (:class:`~medgan.training.Trainer`)."""
 
-    def __init__(self, config: CVAEConfig, resume: str | Path | None = None, progress: bool = True) -> None:
-        self.cfg, t = config, config.train
-        self.device, self.out, self.progress = resolve_device(t.device), Path(t.output_dir), progress
-        seed_everything(t.seed)
-        self.model = build_cvae(config).to(self.device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr)
-        vols, scalings = labelled_volumes(config)
-        self.dataset = PatchDataset(vols, t.patch_size, seed=t.seed, length=config.optim.n_iters * t.batch_size,
-                                    pos=t.crop_pos, neg=t.crop_neg)
-        self.normalization = {config.domain.name: {"kind": config.domain.intensity.kind, **mean_scaling(scalings).to_dict()}}
-        self.iteration = 0
-        if resume is not None:
-            self.load(resume)
+    pipeline = PIPELINE
+    summary_keys = ("recon", "kl", "beta")
 
-    def meta(self) -> dict:
-        return {"pipeline": PIPELINE, "medgan_version": medgan.__version__, "iteration": self.iteration,
-                "classes": list(self.cfg.classes), "normalization": self.normalization}
+    def build_networks(self) -> torch.nn.ModuleDict:
+        return torch.nn.ModuleDict({"CVAE": build_cvae(self.cfg)})
 
-    def save(self) -> Path:
-        state = {"iteration": self.iteration, "optimizers": {"cvae": self.opt.state_dict()},
-                 "rng": rng_state()}
-        return save_checkpoint(self.out / "checkpoints" / f"iter_{self.iteration:06d}", {"CVAE": self.model}, self.meta(),
-                               dump_config(self.cfg), state)
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"cvae": torch.optim.Adam(self.nets["CVAE"].parameters(), lr=self.cfg.optim.lr)}
 
-    def load(self, checkpoint: str | Path) -> None:
-        folder = resolve_checkpoint(checkpoint, need_state=True)
-        read_meta(folder, PIPELINE)
-        load_networks(folder, {"CVAE": self.model})
-        state = load_training_state(folder)
-        self.opt.load_state_dict(state["optimizers"]["cvae"])
-        set_rng_state(state["rng"])
-        self.iteration = int(state["iteration"])
+    def build_data(self) -> None:
+        t = self.cfg.train
+        vols, scalings = labelled_volumes(self.cfg)
+        # seed offset 0 on rank 0 keeps the patches of medgan <= 0.2 (seed = train.seed)
+        self.datasets = {"labelled": PatchDataset(vols, t.patch_size, seed=t.seed + self.rank * RANK_SEED_STRIDE,
+                                                  length=self.total_iterations() * t.batch_size, pos=t.crop_pos, neg=t.crop_neg)}
+        self.normalization = {self.cfg.domain.name: {"kind": self.cfg.domain.intensity.kind, **mean_scaling(scalings).to_dict()}}
+
+    def total_iterations(self) -> int:
+        return self.cfg.optim.n_iters
+
+    def meta_extra(self) -> dict:
+        return {"classes": list(self.cfg.classes)}
+
+    @property
+    def model(self) -> SpatialCVAE:
+        return self.nets["CVAE"]
 
     def beta(self, it: int) -> float:
         lc = self.cfg.loss
         return lc.beta * (min(1.0, it / lc.kl_anneal_iters) if lc.kl_anneal_iters else 1.0)
 
     def step(self, it: int) -> dict[str, float]:
-        b = self.cfg.train.batch_size
-        items = [self.dataset[(it - 1) * b + j] for j in range(b)]
-        x = torch.stack([i[Keys.IMAGE.value] for i in items]).to(self.device)
-        c = torch.stack([i[Keys.LABEL.value] for i in items]).to(self.device)
-        lc = self.cfg.loss
-        losses = vae_loss(self.model(x, c), x, beta=self.beta(it), recon=lc.recon, sigma=lc.sigma)
-        self.opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        self.opt.step()
+        """One ELBO step on image patches ``x (B, 1, D, H, W)`` conditioned on their label maps."""
+        batch, lc = self.batch("labelled", it), self.cfg.loss
+        with self.autocast():
+            out = self.net("CVAE")(batch["x"], batch["y"])
+        losses = vae_loss(out, batch["x"], beta=self.beta(it), recon=lc.recon, sigma=lc.sigma)
+        self.update("cvae", losses["total"], {k: v for k, v in losses.items() if k != "total"})
         return {**{k: float(v.detach()) for k, v in losses.items()}, "beta": self.beta(it)}
-
-    def fit(self) -> Path:
-        t, end = self.cfg.train, self.cfg.optim.n_iters
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg))
-        log = LossLog(self.out / "losses.csv", self.iteration)
-        self.model.train()
-        ckpt = None
-        while self.iteration < end:
-            self.iteration += 1
-            logs = self.step(self.iteration)
-            log.write(self.iteration, logs)
-            if self.iteration % t.log_every == 0:
-                logger.info("cvae %d recon %.1f kl %.1f beta %.2f", self.iteration, logs["recon"], logs["kl"], logs["beta"])
-            if self.iteration % t.checkpoint_every == 0 or self.iteration == end:
-                ckpt = self.save()
-        return ckpt if ckpt is not None else self.save()
 
 
 def train_cvae(config: CVAEConfig, resume: str | Path | None = None, progress: bool = True) -> Path:

@@ -55,12 +55,12 @@ class TrainConfig(TrainBase):
     log_every: int = Field(10, ge=1)
     pool_size: int = Field(50, ge=0)
     num_workers: int = Field(0, ge=0)
-    amp: bool = Field(True, description="bfloat16 autocast on CUDA; ignored on CPU")
     png_every: int = Field(250, ge=1)
 
 
 class CycleGANConfig(PipelineConfig):
     """Shape-consistent CycleGAN (Zhu et al. 2017; Zhang, Yang & Zheng, CVPR 2018)."""
+    pipeline: Literal["cyclegan"] = "cyclegan"
 
     classes: list[str] = Field(default_factory=list, description="shared class names; empty = no segmenters")
     domain_a: DomainConfig

@@ -15,28 +15,26 @@ Zhang, Yang & Zheng, CVPR 2018 (arXiv 1802.09655):
 
 ``L_seg`` is Dice + cross-entropy over the labelled members of the batch. Adam (lr 2e-4, betas
 0.5/0.999) with a constant rate then a linear decay to 0. Patches of A and B are drawn
-independently (unpaired). Mixed precision (bfloat16 autocast) on CUDA.
+independently (unpaired). Loop, devices, DDP, bfloat16 autocast, checkpoints and the NaN guard:
+:class:`medgan.training.Trainer`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-import medgan
-from medgan.checkpoint import load_networks, load_training_state, read_meta, resolve_checkpoint, save_checkpoint
-from medgan.config import dump_config
 from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import DomainPreprocessor, PatchDataset
 from medgan.keys import Keys
 from medgan.losses import AdversarialLoss, MaskedDiceCELoss
 from medgan.networks.checks import check_input_size
-from medgan.utils import ImagePool, LossLog, read_losses, resolve_device, rng_state, seed_everything, set_requires_grad, set_rng_state
+from medgan.training.engine import Trainer
+from medgan.utils import ImagePool, read_losses, set_requires_grad
 from medgan.viz import save_orthogonal_slices
 from pipelines.cyclegan.config import CycleGANConfig, DomainConfig
 from pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
@@ -61,8 +59,8 @@ def linear_decay(n_iters: int, decay_start: int):  # noqa: ANN201
     return factor
 
 
-class CycleGANTrainer:
-    """Builds data, networks, optimizers from a :class:`CycleGANConfig` and trains.
+class CycleGANTrainer(Trainer):
+    """The shape-consistent CycleGAN on the training engine (:class:`~medgan.training.Trainer`).
 
     Args:
         config: the resolved config; ``config.train.output_dir`` receives ``checkpoints/``,
@@ -71,235 +69,163 @@ class CycleGANTrainer:
         progress: show a progress bar.
     """
 
-    def __init__(self, config: CycleGANConfig, resume: str | Path | None = None, progress: bool = True) -> None:
-        self.cfg = config
-        self.names = NetNames.of(config)
-        self.device = resolve_device(config.train.device)
-        self.use_amp = bool(config.train.amp and self.device.type == "cuda")
-        self.progress = progress
-        self.out = Path(config.train.output_dir)
-        seed_everything(config.train.seed)
+    pipeline = PIPELINE
 
-        self.nets = build_networks(config).to(self.device)
-        check_input_size(dict(self.nets.items()), config.train.patch_size)
+    def __init__(self, config: CycleGANConfig, resume: str | Path | None = None, progress: bool = True) -> None:
+        self.names = NetNames.of(config)
         self.has_seg = bool(config.classes)
-        t, o = config.train, config.optim
-        groups = {"G": [self.names.g_ab, self.names.g_ba], "D": [self.names.d_a, self.names.d_b]}
+        super().__init__(config, resume, progress)
+        self.summary_keys = ("G_total", self.names.d_a, self.names.d_b, f"cycle_{self.names.a}")
+
+    # ------------------------------------------------------------------ what the engine asks for
+    def build_networks(self) -> nn.ModuleDict:
+        nets = build_networks(self.cfg)
+        check_input_size(dict(nets.items()), self.cfg.train.patch_size)
+        return nets
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        o, n = self.cfg.optim, self.names
+        groups = {"G": [n.g_ab, n.g_ba], "D": [n.d_a, n.d_b]}
         if self.has_seg:
-            groups["S"] = [self.names.s_a, self.names.s_b]
-        self.groups = groups
-        self.optimizers = {
-            g: torch.optim.Adam([p for n in ns for p in self.nets[n].parameters()], lr=o.lr, betas=o.betas)
-            for g, ns in groups.items()
-        }
+            groups["S"] = [n.s_a, n.s_b]
+        return {g: torch.optim.Adam([p for k in ks for p in self.nets[k].parameters()], lr=o.lr, betas=o.betas)
+                for g, ks in groups.items()}
+
+    def build_schedulers(self) -> dict:
+        o = self.cfg.optim
         decay_start = o.decay_start if o.decay_start is not None else o.n_iters // 2
-        self.schedulers = {
-            g: torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(o.n_iters, decay_start))
-            for g, opt in self.optimizers.items()
-        }
-        self.pools = {self.names.a: ImagePool(t.pool_size, t.seed + 1), self.names.b: ImagePool(t.pool_size, t.seed + 2)}
-        self.gan_loss = AdversarialLoss(config.loss.gan_mode)
+        return {g: torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(o.n_iters, decay_start)) for g, opt in self.optimizers.items()}
+
+    def build_data(self) -> None:
+        t, n_iters = self.cfg.train, self.cfg.optim.n_iters
+        self.pools = {self.names.a: ImagePool(t.pool_size, self.seed(1)), self.names.b: ImagePool(t.pool_size, self.seed(2))}
+        self.gan_loss = AdversarialLoss(self.cfg.loss.gan_mode)
         self.seg_loss = MaskedDiceCELoss()
         self.l1 = nn.L1Loss()
-        self.iteration = 0
-
         self.datasets, scalings = {}, {}
-        for i, dom in enumerate((config.domain_a, config.domain_b)):
-            pre = domain_preprocessor(config, dom)
-            entries = dom.data.datalist()
+        for i, dom in enumerate((self.cfg.domain_a, self.cfg.domain_b)):
+            pre = domain_preprocessor(self.cfg, dom)
             vols, sc = [], []
-            for e in entries:
+            for e in dom.data.datalist():
                 v, s = pre.training_volume(e, t.patch_size)
                 vols.append(v)
                 sc.append(s)
-            n_lab = sum(v[Keys.HAS_LABEL.value] for v in vols)
-            logger.info("%s: %d volumes (%d labelled)", dom.name, len(vols), n_lab)
+            logger.info("%s: %d volumes (%d labelled)", dom.name, len(vols), sum(v[Keys.HAS_LABEL.value] for v in vols))
             scalings[dom.name] = mean_scaling(sc)
-            self.datasets[dom.name] = PatchDataset(
-                vols, t.patch_size, seed=t.seed * 1000 + i, length=o.n_iters * t.batch_size, pos=t.crop_pos, neg=t.crop_neg
-            )
-        self.normalization = {
-            d.name: {"kind": d.intensity.kind, **scalings[d.name].to_dict()} for d in (config.domain_a, config.domain_b)
-        }
-        if resume is not None:
-            self.load(resume)
+            self.datasets[dom.name] = PatchDataset(vols, t.patch_size, seed=self.seed(i), length=n_iters * t.batch_size,
+                                                   pos=t.crop_pos, neg=t.crop_neg)
+        self.normalization = {d.name: {"kind": d.intensity.kind, **scalings[d.name].to_dict()}
+                              for d in (self.cfg.domain_a, self.cfg.domain_b)}
 
-    # ------------------------------------------------------------------ state
-    def meta(self) -> dict:
-        return {
-            "pipeline": PIPELINE,
-            "medgan_version": medgan.__version__,
-            "iteration": self.iteration,
-            "domains": [self.names.a, self.names.b],
-            "classes": list(self.cfg.classes),
-            "normalization": self.normalization,
-        }
+    def total_iterations(self) -> int:
+        return self.cfg.optim.n_iters
 
-    def training_state(self) -> dict:
-        return {
-            "iteration": self.iteration,
-            "optimizers": {g: o.state_dict() for g, o in self.optimizers.items()},
-            "schedulers": {g: s.state_dict() for g, s in self.schedulers.items()},
-            "pools": {d: p.state_dict() for d, p in self.pools.items()},
-            "rng": rng_state(),
-        }
+    def meta_extra(self) -> dict:
+        return {"domains": [self.names.a, self.names.b], "classes": list(self.cfg.classes)}
 
-    def save(self) -> Path:
-        """Write ``checkpoints/iter_XXXXXX`` (full state) and return its path."""
-        folder = self.out / "checkpoints" / f"iter_{self.iteration:06d}"
-        path = save_checkpoint(folder, dict(self.nets.items()), self.meta(), dump_config(self.cfg), self.training_state())
-        logger.info("checkpoint: %s", path)
-        return path
+    def rank_state(self) -> dict:
+        return {"pools": {d: p.state_dict() for d, p in self.pools.items()}}
 
-    def load(self, checkpoint: str | Path) -> None:
-        """Restore everything from a checkpoint so training continues exactly."""
-        folder = resolve_checkpoint(checkpoint, need_state=True)
-        read_meta(folder, PIPELINE)
-        load_networks(folder, dict(self.nets.items()))
-        state = load_training_state(folder)
-        for g, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][g])
-        for g, s in self.schedulers.items():
-            s.load_state_dict(state["schedulers"][g])
-        for d, p in self.pools.items():
-            p.load_state_dict(state["pools"][d], self.device)
-        set_rng_state(state["rng"])
-        self.iteration = int(state["iteration"])
-        logger.info("resumed from %s at iteration %d", folder, self.iteration)
+    def load_rank_state(self, state: dict | None) -> None:
+        if state is not None and "pools" in state:
+            for d, p in self.pools.items():
+                p.load_state_dict(state["pools"][d], self.device)
 
-    # ------------------------------------------------------------------ step
-    def _batch(self, name: str, it: int) -> dict:
-        ds, b = self.datasets[name], self.cfg.train.batch_size
-        items = [ds[(it - 1) * b + j] for j in range(b)]
-        return {
-            "x": torch.stack([i[Keys.IMAGE.value] for i in items]).to(self.device),
-            "y": torch.stack([i[Keys.LABEL.value] for i in items]).to(self.device),
-            "m": torch.tensor([i[Keys.HAS_LABEL.value] for i in items], device=self.device),
-        }
+    # ------------------------------------------------------------------ one iteration
+    def step(self, it: int) -> dict[str, float]:
+        logs = self.train_step(self.batch(self.names.a, it), self.batch(self.names.b, it))
+        logs["lr"] = self.schedulers["G"].get_last_lr()[0]
+        return logs
 
     def train_step(self, batch_a: dict, batch_b: dict) -> dict[str, float]:
         """One iteration on ``x (B, 1, D, H, W)`` in [-1, 1], ``y (B, 1, D, H, W)`` class indices,
-        ``m (B,)`` labelled flags, for each domain. Returns the losses by name."""
-        n, lc, nets = self.names, self.cfg.loss, self.nets
+        ``m (B,)`` labelled flags, for each domain: the generators', discriminators' and
+        segmenters' updates (module docstring). Returns the losses by name."""
+        seg_on = self.has_seg and self.iteration > self.cfg.loss.shape_warmup_iters
+        logs, fakes = self.generator_step(batch_a, batch_b, seg_on)
+        logs.update(self.discriminator_step(batch_a, batch_b, fakes))
+        if self.has_seg:
+            logs.update(self.segmenter_step(batch_a, batch_b, fakes, seg_on))
+        for s in self.schedulers.values():
+            s.step()
+        self._last = {"x_a": batch_a["x"], "y_a": batch_a["y"], "x_b": batch_b["x"], "y_b": batch_b["y"], **fakes}
+        return logs
+
+    def _seg(self, pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor | None:
+        """L_seg over the labelled members; under DDP a batch without labels gives a zero loss
+        joined to ``pred``, so every rank takes part in the gradient all-reduce."""
+        loss = self.seg_loss(pred, y, m)
+        if loss is None and self.dist.enabled:
+            return pred.float().sum() * 0.0
+        return loss
+
+    def generator_step(self, batch_a: dict, batch_b: dict, seg_on: bool) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Update G_A2B and G_B2A (Zhu Eq. 1-2 and sec. 5.2; Zhang Eq. 4) with D and S frozen."""
+        n, lc = self.names, self.cfg.loss
         x_a, y_a, m_a = batch_a["x"], batch_a["y"], batch_a["m"]
         x_b, y_b, m_b = batch_b["x"], batch_b["y"], batch_b["m"]
-        seg_on = self.has_seg and self.iteration > lc.shape_warmup_iters
-        logs: dict[str, float] = {}
-        amp = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp)
-
-        # 1. generators
-        frozen = [nets[n.d_a], nets[n.d_b]] + ([nets[n.s_a], nets[n.s_b]] if self.has_seg else [])
+        g_ab, g_ba = self.net(n.g_ab), self.net(n.g_ba)
+        d_a, d_b = self.net(n.d_a, update=False), self.net(n.d_b, update=False)
+        frozen = [self.nets[n.d_a], self.nets[n.d_b]] + ([self.nets[n.s_a], self.nets[n.s_b]] if self.has_seg else [])
         set_requires_grad(frozen, False)
-        with amp:
-            fake_b = nets[n.g_ab](x_a)
-            fake_a = nets[n.g_ba](x_b)
-            rec_a = nets[n.g_ba](fake_b)
-            rec_b = nets[n.g_ab](fake_a)
-            terms = {
-                f"{n.g_ab}_adv": self.gan_loss(nets[n.d_b](fake_b), True, for_discriminator=False),
-                f"{n.g_ba}_adv": self.gan_loss(nets[n.d_a](fake_a), True, for_discriminator=False),
-            }
-            cyc_a, cyc_b = self.l1(rec_a.float(), x_a), self.l1(rec_b.float(), x_b)
-            total = terms[f"{n.g_ab}_adv"] + terms[f"{n.g_ba}_adv"] + lc.lambda_cycle * (cyc_a + cyc_b)
-            terms[f"cycle_{n.a}"], terms[f"cycle_{n.b}"] = cyc_a, cyc_b
+        with self.autocast():
+            fake_b, fake_a = g_ab(x_a), g_ba(x_b)
+            rec_a, rec_b = g_ba(fake_b), g_ab(fake_a)
+            terms = {f"{n.g_ab}_adv": self.gan_loss(d_b(fake_b), True, for_discriminator=False),
+                     f"{n.g_ba}_adv": self.gan_loss(d_a(fake_a), True, for_discriminator=False),
+                     f"cycle_{n.a}": self.l1(rec_a.float(), x_a), f"cycle_{n.b}": self.l1(rec_b.float(), x_b)}
+            total = terms[f"{n.g_ab}_adv"] + terms[f"{n.g_ba}_adv"] + lc.lambda_cycle * (terms[f"cycle_{n.a}"] + terms[f"cycle_{n.b}"])
             if lc.lambda_identity > 0:
-                idt = self.l1(nets[n.g_ab](x_b).float(), x_b) + self.l1(nets[n.g_ba](x_a).float(), x_a)
-                total = total + lc.lambda_identity * idt
-                terms["identity"] = idt
+                terms["identity"] = self.l1(g_ab(x_b).float(), x_b) + self.l1(g_ba(x_a).float(), x_a)
+                total = total + lc.lambda_identity * terms["identity"]
             if seg_on and lc.lambda_shape > 0:
                 for name, seg, fake, y, m in ((f"shape_{n.a}2{n.b}", n.s_b, fake_b, y_a, m_a), (f"shape_{n.b}2{n.a}", n.s_a, fake_a, y_b, m_b)):
-                    loss = self.seg_loss(nets[seg](fake), y, m)
+                    loss = self.seg_loss(self.net(seg, update=False)(fake), y, m)
                     if loss is not None:
                         total = total + lc.lambda_shape * loss
                         terms[name] = loss
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizers["G"].step()
-        logs.update({k: float(v.detach()) for k, v in terms.items()})
+        self.update("G", total, terms)
+        logs = {k: float(v.detach()) for k, v in terms.items()}
         logs["G_total"] = float(total.detach())
+        fakes = {"fake_b": fake_b.detach(), "fake_a": fake_a.detach(), "rec_a": rec_a.detach(), "rec_b": rec_b.detach()}
+        return logs, fakes
 
-        # 2. discriminators
-        set_requires_grad([nets[n.d_a], nets[n.d_b]], True)
-        with amp:
-            pooled_a = self.pools[n.a].query(fake_a.detach())
-            pooled_b = self.pools[n.b].query(fake_b.detach())
-            loss_d_a = 0.5 * (self.gan_loss(nets[n.d_a](x_a), True) + self.gan_loss(nets[n.d_a](pooled_a), False))
-            loss_d_b = 0.5 * (self.gan_loss(nets[n.d_b](x_b), True) + self.gan_loss(nets[n.d_b](pooled_b), False))
-        self.optimizers["D"].zero_grad(set_to_none=True)
-        (loss_d_a + loss_d_b).backward()
-        self.optimizers["D"].step()
-        logs[n.d_a], logs[n.d_b] = float(loss_d_a.detach()), float(loss_d_b.detach())
+    def discriminator_step(self, batch_a: dict, batch_b: dict, fakes: dict) -> dict[str, float]:
+        """Update D_A and D_B on real volumes and pooled translated ones (Zhu sec. 4)."""
+        n = self.names
+        set_requires_grad([self.nets[n.d_a], self.nets[n.d_b]], True)
+        d_a, d_b = self.net(n.d_a), self.net(n.d_b)
+        with self.autocast():
+            pooled_a = self.pools[n.a].query(fakes["fake_a"])
+            pooled_b = self.pools[n.b].query(fakes["fake_b"])
+            loss_a = 0.5 * (self.gan_loss(d_a(batch_a["x"]), True) + self.gan_loss(d_a(pooled_a), False))
+            loss_b = 0.5 * (self.gan_loss(d_b(batch_b["x"]), True) + self.gan_loss(d_b(pooled_b), False))
+        self.update("D", loss_a + loss_b, {n.d_a: loss_a, n.d_b: loss_b})
+        return {n.d_a: float(loss_a.detach()), n.d_b: float(loss_b.detach())}
 
-        # 3. segmenters
-        if self.has_seg:
-            set_requires_grad([nets[n.s_a], nets[n.s_b]], True)
-            seg_total = None
-            with amp:
-                parts = [
-                    (f"{n.s_a}_real", n.s_a, x_a, y_a, m_a, 1.0),
-                    (f"{n.s_b}_real", n.s_b, x_b, y_b, m_b, 1.0),
-                ]
-                if seg_on and lc.lambda_seg_fake > 0:
-                    parts += [
-                        (f"{n.s_a}_fake", n.s_a, fake_a.detach(), y_b, m_b, lc.lambda_seg_fake),
-                        (f"{n.s_b}_fake", n.s_b, fake_b.detach(), y_a, m_a, lc.lambda_seg_fake),
-                    ]
-                for name, seg, x, y, m, w in parts:
-                    loss = self.seg_loss(nets[seg](x), y, m)
-                    if loss is not None:
-                        logs[name] = float(loss.detach())
-                        seg_total = w * loss if seg_total is None else seg_total + w * loss
-            if seg_total is not None:
-                self.optimizers["S"].zero_grad(set_to_none=True)
-                seg_total.backward()
-                self.optimizers["S"].step()
-        for s in self.schedulers.values():
-            s.step()
-        self._last = {"x_a": x_a, "y_a": y_a, "fake_b": fake_b.detach(), "rec_a": rec_a.detach(),
-                      "x_b": x_b, "y_b": y_b, "fake_a": fake_a.detach(), "rec_b": rec_b.detach()}
-        for k, v in logs.items():
-            if not math.isfinite(v):
-                raise FloatingPointError(f"loss {k} became {v} at iteration {self.iteration}; lower optim.lr or check the data")
-        return logs
-
-    # ------------------------------------------------------------------ loop
-    def fit(self, n_iters: int | None = None) -> Path:
-        """Train until ``n_iters`` (default ``optim.n_iters``); returns the last checkpoint."""
-        t = self.cfg.train
-        end = int(n_iters or self.cfg.optim.n_iters)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg))
-        log = LossLog(self.out / "losses.csv", self.iteration)
-        writer = _tensorboard(self.out)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.nets.train()
-        ckpt = None
-        with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.fields[msg]}"), disable=not self.progress) as bar:
-            task = bar.add_task("train", total=end, completed=self.iteration, msg="")
-            while self.iteration < end:
-                self.iteration += 1
-                it = self.iteration
-                logs = self.train_step(self._batch(self.names.a, it), self._batch(self.names.b, it))
-                logs["lr"] = self.schedulers["G"].get_last_lr()[0]
-                log.write(it, logs)
-                if writer is not None:
-                    for k, v in logs.items():
-                        writer.add_scalar(k, v, it)
-                if it % t.log_every == 0 or it == end:
-                    msg = " ".join(f"{k}={v:.3f}" for k, v in logs.items() if k in ("G_total", self.names.d_a, self.names.d_b, f"cycle_{self.names.a}"))
-                    logger.info("iter %d %s", it, msg)
-                    bar.update(task, msg=msg)
-                if it % t.png_every == 0 or it == end:
-                    self.save_samples(self.out / "samples" / f"iter_{it:06d}.png")
-                if it % t.checkpoint_every == 0 or it == end:
-                    ckpt = self.save()
-                bar.update(task, completed=it)
-        log.close()
-        if writer is not None:
-            writer.close()
-        return ckpt if ckpt is not None else self.save()
+    def segmenter_step(self, batch_a: dict, batch_b: dict, fakes: dict, seg_on: bool) -> dict[str, float]:
+        """Update S_A and S_B on real labelled volumes and, after the warm-up, on translated ones
+        with their source's labels (Zhang et al. sec. 3.3)."""
+        n, lc = self.names, self.cfg.loss
+        set_requires_grad([self.nets[n.s_a], self.nets[n.s_b]], True)
+        parts = [(f"{n.s_a}_real", n.s_a, batch_a["x"], batch_a["y"], batch_a["m"], 1.0),
+                 (f"{n.s_b}_real", n.s_b, batch_b["x"], batch_b["y"], batch_b["m"], 1.0)]
+        if seg_on and lc.lambda_seg_fake > 0:
+            parts += [(f"{n.s_a}_fake", n.s_a, fakes["fake_a"], batch_b["y"], batch_b["m"], lc.lambda_seg_fake),
+                      (f"{n.s_b}_fake", n.s_b, fakes["fake_b"], batch_a["y"], batch_a["m"], lc.lambda_seg_fake)]
+        terms, labelled, total = {}, set(), None
+        with self.autocast():
+            for name, seg, x, y, m, w in parts:
+                loss = self._seg(self.net(seg)(x), y, m)
+                if loss is not None:
+                    terms[name] = loss
+                    total = w * loss if total is None else total + w * loss
+                    if bool(m.any()):
+                        labelled.add(name)
+        if total is None:
+            return {}
+        self.update("S", total, terms)
+        return {k: float(v.detach()) for k, v in terms.items() if k in labelled}
 
     def save_samples(self, path: Path) -> Path:
         """PNG: real, translated (with the target segmenter's labels), reconstructed, per direction."""
@@ -322,14 +248,6 @@ class CycleGANTrainer:
             (f"reconstructed {n.b}", v("rec_b"), None),
         ]
         return save_orthogonal_slices(path, rows, self.cfg.train.spacing_mm)
-
-
-def _tensorboard(out: Path):  # noqa: ANN202
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
 
 
 def train(config: CycleGANConfig, resume: str | Path | None = None, progress: bool = True) -> Path:

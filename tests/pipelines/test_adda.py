@@ -46,7 +46,7 @@ def test_adaptation_keeps_source_frozen_and_feeds_discriminators(tmp_path):
     for lv in tr.cfg.loss.align_levels:
         tr.nets[f"D_level{lv}"].register_forward_hook(lambda m, inp, out, lv=lv: seen.setdefault(lv, set()).add(tuple(inp[0].shape)))
     for it in range(1, 4):
-        tr.adapt_step(tr._batch("CT", it)[0], tr._batch("MR", it)[0])
+        tr.adapt_step(tr.batch("CT", it)["x"], tr.batch("MR", it)["x"])
     for n, sd in frozen.items():
         for k, v in tr.nets[n].state_dict().items():
             assert torch.equal(v, sd[k]), f"{n}.{k} changed during adaptation"

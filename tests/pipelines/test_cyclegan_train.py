@@ -14,7 +14,7 @@ from tests.conftest import ROOT, tiny_config
 
 def test_training_steps_lower_the_cycle_loss(tmp_path):
     tr = CycleGANTrainer(tiny_config(tmp_path, "optim.lr=1e-3", "optim.n_iters=100"), progress=False)
-    a, b = tr._batch("CT", 1), tr._batch("MR", 1)
+    a, b = tr.batch("CT", 1), tr.batch("MR", 1)
     cycles = []
     for it in range(1, 16):
         tr.iteration = it
@@ -43,8 +43,10 @@ def test_checkpoint_holds_full_state_and_loads_weights_only(tiny_checkpoint):
     names = {p.name for p in tiny_checkpoint.iterdir()}
     assert {"weights.safetensors", "training_state.pt", "config.yaml", "meta.json"} <= names
     state = load_training_state(tiny_checkpoint)
-    assert set(state) >= {"iteration", "optimizers", "schedulers", "pools", "rng"}
+    assert set(state) >= {"iteration", "world_size", "optimizers", "schedulers", "ranks"}
     assert set(state["optimizers"]) == {"G", "D", "S"}
+    assert state["world_size"] == 1 and len(state["ranks"]) == 1
+    assert set(state["ranks"][0]) == {"rng", "pools"} and set(state["ranks"][0]["pools"]) == {"CT", "MR"}
 
 
 def test_malicious_training_state_is_refused(tmp_path, tiny_checkpoint):
