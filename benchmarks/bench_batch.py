@@ -39,7 +39,7 @@ from bench_batch import peak_rss_mib, cpu_seconds
 from monai.inferers import SlidingWindowInferer
 from medgan.io import read_volume, write_nifti
 from medgan.data.transforms import to_input_grid
-from pipelines.cyclegan.translate import Translator
+from medgan.pipelines.cyclegan.translate import Translator
 ckpt, out, scans = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 tr = Translator(ckpt, "cpu")
 g = tr.nets[tr.names.g_ab]
@@ -59,7 +59,7 @@ OURS = r"""
 import json, sys, time
 from bench_batch import peak_rss_mib, cpu_seconds
 from medgan.batch import plan_jobs, run_batch
-from pipelines.cyclegan.translate import Translator
+from medgan.pipelines.cyclegan.translate import Translator
 ckpt, out, scans = sys.argv[1], sys.argv[2], sys.argv[3:]
 tr = Translator(ckpt, "cpu")
 t0, c0 = time.perf_counter(), cpu_seconds()
@@ -109,8 +109,8 @@ def make_scans(folder: Path, n: int, shape: tuple[int, int, int], spacing: tuple
 
 def make_checkpoint(folder: Path) -> Path:
     from medgan.config import load_config
-    from pipelines.cyclegan.config import CycleGANConfig
-    from pipelines.cyclegan.trainer import CycleGANTrainer
+    from medgan.pipelines.cyclegan.config import CycleGANConfig
+    from medgan.pipelines.cyclegan.trainer import CycleGANTrainer
 
     os.chdir(ROOT)
     cfg = load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", [

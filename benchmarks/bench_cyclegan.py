@@ -16,29 +16,25 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 DEFAULTS = ["network.ngf=16", "network.n_res_blocks=6", "network.ndf=32", "network.d_layers=3",
             "network.seg_features=[16,16,32,64,128,16]", "train.patch_size=[64,64,32]", "train.pool_size=50", "train.spacing_mm=[3,3,3]"]
 
 
 def bench_training(iters: int, out: Path) -> dict:
     from medgan.config import load_config
-    from pipelines.cyclegan.config import CycleGANConfig
-    from pipelines.cyclegan.trainer import CycleGANTrainer
+    from medgan.pipelines.cyclegan.config import CycleGANConfig
+    from medgan.pipelines.cyclegan.trainer import CycleGANTrainer
 
     cfg = load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", [*DEFAULTS, f"train.output_dir={out}", f"optim.n_iters={iters + 2}"])
+    from bench_step import timed_steps
+
     tr = CycleGANTrainer(cfg, progress=False)
-    times = []
-    for it in range(1, iters + 3):
-        tr.iteration = it
-        a, b = tr.batch("CT", it), tr.batch("MR", it)
-        t0 = time.perf_counter()
-        tr.train_step(a, b)
-        times.append(time.perf_counter() - t0)
+    times = timed_steps(tr, iters + 2)
     tr.save()
     steady = times[2:]
     return {"s_per_iter_mean": sum(steady) / len(steady), "s_per_iter_min": min(steady), "iters": len(steady),
@@ -48,7 +44,7 @@ def bench_training(iters: int, out: Path) -> dict:
 def bench_translation(checkpoint: str, volume: Path, out: Path) -> dict:
     code = (
         "import time,json,resource;t0=time.perf_counter();"
-        "from pipelines.cyclegan.translate import Translator;"
+        "from medgan.pipelines.cyclegan.translate import Translator;"
         f"tr=Translator({checkpoint!r}, 'cpu');t1=time.perf_counter();"
         f"tr.translate_file({str(volume)!r}, {str(out)!r}, 'ct2mr');t2=time.perf_counter();"
         "print(json.dumps({'load_s':t1-t0,'translate_s':t2-t1,'peak_rss_mib':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from medgan.io import read_volume
-from pipelines.cyclegan.translate import Translator
+from medgan.pipelines.cyclegan.translate import Translator
 
 
 def main(checkpoint: str, scans: list[str]) -> None:

@@ -1,5 +1,5 @@
 """``python -m medgan ...`` (and ``torchrun --nproc-per-node N -m medgan translate ...``)."""
 
-from medgan.cli import app
+from medgan.pipelines.cli import app
 
 app(prog_name="medgan")

@@ -302,6 +302,143 @@ def _stale_outputs(record: dict | None, names: list[str], out: Path) -> list[Pat
     return [p for p in found if p is not None]
 
 
+def select_jobs(task_name: str, key: str, jobs: list[ScanJob], out: Path, man: Manifest | None, rank: int,
+                world: int) -> tuple[list[ScanJob], list[str], dict[str, dict]]:
+    """This rank's share of ``jobs`` that still need doing, the labels of those already done
+    (same task key, same input content, outputs intact), and the earlier records by stem.
+    Temporaries a killed run left for the scans to do are removed."""
+    share = [job for i, job in enumerate(jobs) if i % world == rank]
+    done, previous = man.finished(share, task_name, key) if man else (set(), {})
+    todo = [job for job in share if job.stem not in done]
+    skipped = [job.label for job in share if job.stem in done]
+    for job in todo:
+        for stale in out.glob(f".{job.stem}_{task_name}*.partial-*"):
+            stale.unlink(missing_ok=True)
+    if skipped:
+        logger.info("rank %d: %d scans already done, %d to do", rank, len(skipped), len(todo))
+    return todo, skipped, previous
+
+
+class ScanCommitter:
+    """Puts a scan's results in place: outputs (atomic, synced, hashed as written), provenance
+    sidecar, manifest record (last, after everything it names is on disk), removal of an
+    earlier run's outputs this run does not make; or records the scan's failure. Thread-safe
+    for different scans."""
+
+    def __init__(self, out: Path, task: VolumeTask, key: str, provenance: dict, man: Manifest | None, rank: int,
+                 previous: dict[str, dict], report: BatchReport,
+                 on_result: Callable[[ScanJob, list[Path] | None, str | None], None] | None) -> None:
+        self.out, self.task, self.key, self.provenance, self.man, self.rank = out, task, key, provenance, man, rank
+        self.previous, self.report, self.on_result = previous, report, on_result
+
+    def _record(self, job: ScanJob, **fields: Any) -> None:
+        if self.man:
+            self.man.append({"stem": job.stem, "task": self.task.name, "task_key": self.key, "input": str(job.source),
+                             "series_uid": job.series_uid, **fields, "rank": self.rank, "time": time.time()})
+
+    def fail(self, job: ScanJob, err: BaseException, timings: dict) -> None:
+        msg = str(err) if str(job.source) in str(err) else f"{job.source}: {err}"
+        if job.one_of_several and job.series_uid not in msg:
+            msg += f" [series {job.series_uid}]"
+        logger.error("failed: %s", msg)
+        self.report.failed[job.label] = msg
+        self._record(job, status="failed", error=msg, timings=timings)
+        if self.on_result:
+            self.on_result(job, None, msg)
+
+    def commit(self, job: ScanJob, grid: Grid, source: dict, arrays: dict[str, tuple[np.ndarray, type]], timings: dict,
+               t0: float) -> None:
+        out, name = self.out, self.task.name
+        written, sums = [], {}
+        for suffix, (arr, dtype) in arrays.items():
+            digest = hashlib.sha256()  # of the bytes as written: no reading back
+            path = write_nifti(out / f"{job.stem}_{name}{suffix}.nii.gz", arr, grid.affine, dtype=dtype, direct=True, digest=digest)
+            written.append(path)
+            sums[path.name] = digest.hexdigest()
+        arrays.clear()
+        arr = None  # noqa: F841 - the last array is not kept while the sidecar is written
+        timings["write_s"] = round(time.perf_counter() - t0, 3)
+        sidecar = {
+            **self.provenance, "medgan_version": medgan.__version__, "task": name, "task_key": self.key,
+            "input": str(Path(job.source).resolve()), "series_uid": job.series_uid, **source,
+            "input_shape": list(grid.shape), "input_affine": np.round(grid.affine, 6).tolist(),
+            "outputs": sums, "timings": timings,
+        }
+        text = json.dumps(sidecar, indent=2)
+        side = atomic_write_text(out / f"{job.stem}_{name}.json", text)
+        sums[side.name] = hashlib.sha256(text.encode()).hexdigest()
+        names = [p.name for p in written] + [side.name]
+        sizes = {n: (out / n).stat().st_size for n in names}
+        stale = _stale_outputs(self.previous.get(job.stem), names, out)
+        self._record(job, status="done", error=None, outputs=names, sha256=sums, sizes=sizes,
+                     input_sha256=source["input_sha256"], timings=timings)
+        for p in stale:  # outputs of an earlier run of this scan that this run does not make (e.g. _seg)
+            logger.info("%s: removed, an output of an earlier run with other options", p)
+            p.unlink(missing_ok=True)
+        self.report.written[job.label] = [str(p) for p in [*written, side]]
+        if self.on_result:
+            self.on_result(job, [*written, side], None)
+
+
+class StagedExecutor:
+    """Three thread pools overlapped: readers (``load``), model workers (``infer``, fed by the
+    readers' futures) and writers (``write``). At most ``n_workers + prefetch`` scans are read or
+    on the model and ``max_pending_writes`` wait for the writers, so memory is bounded; a
+    scan's failure in any stage goes to ``fail`` and the others go on."""
+
+    def __init__(self, n_workers: int, worker_threads: int, n_io: int, prefetch: int, max_pending_writes: int) -> None:
+        import torch
+
+        def threads(n: int) -> Callable[[], None]:
+            return lambda: torch.set_num_threads(n)  # per thread: torch's OpenMP pool size is thread-local
+
+        self.readers = ThreadPoolExecutor(n_io, thread_name_prefix="medgan-read", initializer=threads(1))
+        self.models = ThreadPoolExecutor(n_workers, thread_name_prefix="medgan-model", initializer=threads(worker_threads))
+        self.writers = ThreadPoolExecutor(n_io, thread_name_prefix="medgan-write", initializer=threads(1))
+        self.depth, self.max_pending = n_workers + max(0, prefetch), max(1, max_pending_writes)
+
+    def run(self, jobs: list[ScanJob], load: Callable, infer: Callable, write: Callable,
+            fail: Callable[[ScanJob, BaseException, dict], None]) -> None:
+        """``load(job, timings) -> loaded``; ``infer(loaded, timings) -> result``;
+        ``write(job, result, timings)`` (handles its own failures)."""
+        inflight: deque[tuple[ScanJob, dict, Future]] = deque()
+        pending: deque[Future] = deque()
+
+        def hand_over() -> None:  # the oldest scan's model result goes to the writers
+            job, timings, fut = inflight.popleft()
+            try:
+                result = fut.result()
+            except Exception as err:  # noqa: BLE001 - read, preprocessing or model failure of this scan only
+                fail(job, err, timings)
+                return
+            while len(pending) >= self.max_pending:
+                pending.popleft().result()
+            pending.append(self.writers.submit(write, job, result, timings))
+
+        # Python's cyclic GC would re-traverse the hundreds of thousands of objects of torch, MONAI
+        # and the networks at each full collection (1 % of a CPU batch's time); frozen, they are
+        # skipped. A caller that froze objects itself keeps its own setting.
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
+        try:
+            for job in jobs:
+                while len(inflight) >= self.depth:
+                    hand_over()
+                timings: dict = {}
+                loaded = self.readers.submit(load, job, timings)
+                inflight.append((job, timings, self.models.submit(lambda f, t: infer(f.result(), t), loaded, timings)))
+            while inflight:
+                hand_over()
+            for f in pending:
+                f.result()
+        finally:
+            for pool in (self.readers, self.models, self.writers):
+                pool.shutdown(wait=True, cancel_futures=True)
+            if freeze:
+                gc.unfreeze()
+
+
 def run_batch(
     task: VolumeTask,
     jobs: list[ScanJob],
@@ -319,7 +456,9 @@ def run_batch(
     tune_allocator: bool = True,
     on_result: Callable[[ScanJob, list[Path] | None, str | None], None] | None = None,
 ) -> BatchReport:
-    """Run ``task`` over ``jobs`` (this rank's share), writing into ``output_dir``.
+    """Run ``task`` over ``jobs`` (this rank's share), writing into ``output_dir``: job selection
+    (:func:`select_jobs`), the staged executor (:class:`StagedExecutor`) and committing each
+    scan's outputs (:class:`ScanCommitter`).
 
     Args:
         task: what to do with each scan (see :class:`VolumeTask`).
@@ -358,36 +497,9 @@ def run_batch(
     provenance = task.provenance()
     key = task_key(provenance)
     man = Manifest(out, rank, world) if manifest else None
-    share = [job for i, job in enumerate(jobs) if i % world == rank]
-    done, previous = man.finished(share, task.name, key) if man else (set(), {})
-    report = BatchReport()
-    mine = []
-    for job in share:
-        if job.stem in done:
-            report.skipped.append(job.label)
-        else:
-            mine.append(job)
-    for job in mine:  # temporaries of this rank's scans left by a killed run
-        for stale in out.glob(f".{job.stem}_{task.name}*.partial-*"):
-            stale.unlink(missing_ok=True)
-    if report.skipped:
-        logger.info("rank %d: %d scans already done, %d to do", rank, len(report.skipped), len(mine))
-    n_workers, worker_threads, n_io = default_workers(device, len(mine), workers)
-    n_io = io_threads or n_io
-
-    def fail(job: ScanJob, err: BaseException, timings: dict) -> None:
-        msg = str(err) if str(job.source) in str(err) else f"{job.source}: {err}"
-        if job.one_of_several and job.series_uid not in msg:
-            msg += f" [series {job.series_uid}]"
-        logger.error("failed: %s", msg)
-        report.failed[job.label] = msg
-        if man:
-            man.append({"stem": job.stem, "task": task.name, "task_key": key, "input": str(job.source),
-                        "series_uid": job.series_uid, "status": "failed", "error": msg, "timings": timings,
-                        "rank": rank, "time": time.time()})
-        if on_result:
-            on_result(job, None, msg)
-
+    todo, skipped, previous = select_jobs(task.name, key, jobs, out, man, rank, world)
+    report = BatchReport(skipped=skipped)
+    commit = ScanCommitter(out, task, key, provenance, man, rank, previous, report, on_result)
     full_volumes = threading.Semaphore(max(1, max_volumes))
 
     def load(job: ScanJob, timings: dict) -> tuple[Grid, Any, dict]:
@@ -402,94 +514,27 @@ def run_batch(
             timings["read_s"] = round(time.perf_counter() - t0, 3)
             return vol.grid, prepared, source  # the voxels are not kept: memory stays bounded
 
-    def infer(loaded: Future, timings: dict) -> tuple[Grid, Any, dict, Any]:
-        grid, prepared, source = loaded.result()
+    def infer(loaded: tuple[Grid, Any, dict], timings: dict) -> tuple[Grid, Any, dict, Any]:
+        grid, prepared, source = loaded
         t0 = time.perf_counter()
         with torch.inference_mode():
             result = task.run(prepared)
         timings["model_s"] = round(time.perf_counter() - t0, 3)
         return grid, prepared, source, result
 
-    def write(job: ScanJob, vol: Grid, prepared: Any, source: dict, result: Any, timings: dict) -> None:
+    def write(job: ScanJob, inferred: tuple[Grid, Any, dict, Any], timings: dict) -> None:
+        grid, prepared, source, result = inferred
+        del inferred
         try:
             with full_volumes:
                 t0 = time.perf_counter()
-                arrays = task.finish(vol, prepared, result)
+                arrays = task.finish(grid, prepared, result)
                 del prepared, result
-                written, sums = [], {}
-                for suffix, (arr, dtype) in arrays.items():
-                    digest = hashlib.sha256()  # of the bytes as written: no reading back
-                    path = write_nifti(out / f"{job.stem}_{task.name}{suffix}.nii.gz", arr, vol.affine, dtype=dtype,
-                                       direct=True, digest=digest)
-                    written.append(path)
-                    sums[path.name] = digest.hexdigest()
-                del arrays, arr
-                timings["write_s"] = round(time.perf_counter() - t0, 3)
-            sidecar = {
-                **provenance, "medgan_version": medgan.__version__, "task": task.name, "task_key": key,
-                "input": str(Path(job.source).resolve()), "series_uid": job.series_uid, **source,
-                "input_shape": list(vol.shape), "input_affine": np.round(vol.affine, 6).tolist(),
-                "outputs": sums, "timings": timings,
-            }
-            text = json.dumps(sidecar, indent=2)
-            side = atomic_write_text(out / f"{job.stem}_{task.name}.json", text)
-            sums[side.name] = hashlib.sha256(text.encode()).hexdigest()
-            names = [p.name for p in written] + [side.name]
-            sizes = {n: (out / n).stat().st_size for n in names}
-            stale = _stale_outputs(previous.get(job.stem), names, out)
-            if man:
-                man.append({"stem": job.stem, "task": task.name, "task_key": key, "input": str(job.source),
-                            "series_uid": job.series_uid, "status": "done", "error": None, "outputs": names,
-                            "sha256": sums, "sizes": sizes, "input_sha256": source["input_sha256"], "timings": timings,
-                            "rank": rank, "time": time.time()})
-            for p in stale:  # outputs of an earlier run of this scan that this run does not make (e.g. _seg)
-                logger.info("%s: removed, an output of an earlier run with other options", p)
-                p.unlink(missing_ok=True)
-            report.written[job.label] = [str(p) for p in [*written, side]]
-            if on_result:
-                on_result(job, [*written, side], None)
+                commit.commit(job, grid, source, arrays, timings, t0)
         except Exception as err:  # noqa: BLE001 - one scan's failure must not stop the batch
-            fail(job, err, timings)
+            commit.fail(job, err, timings)
 
-    def threads(n: int) -> Callable[[], None]:
-        return lambda: torch.set_num_threads(n)  # per thread: torch's OpenMP pool size is thread-local
-
-    readers = ThreadPoolExecutor(n_io, thread_name_prefix="medgan-read", initializer=threads(1))
-    models = ThreadPoolExecutor(n_workers, thread_name_prefix="medgan-model", initializer=threads(worker_threads))
-    writers = ThreadPoolExecutor(n_io, thread_name_prefix="medgan-write", initializer=threads(1))
-    inflight: deque[tuple[ScanJob, dict, Future]] = deque()
-    pending: deque[Future] = deque()
-
-    def hand_over() -> None:  # the oldest scan's model result goes to the writers
-        job, timings, fut = inflight.popleft()
-        try:
-            grid, prepared, source, result = fut.result()
-        except Exception as err:  # noqa: BLE001 - read, preprocessing or model failure of this scan only
-            fail(job, err, timings)
-            return
-        while len(pending) >= max(1, max_pending_writes):
-            pending.popleft().result()
-        pending.append(writers.submit(write, job, grid, prepared, source, result, timings))
-
-    # Python's cyclic GC would re-traverse the hundreds of thousands of objects of torch, MONAI and
-    # the networks at each full collection (1 % of a CPU batch's time); frozen, they are skipped.
-    # A caller that froze objects itself keeps its own setting (unfreeze would release them too).
-    freeze = gc.get_freeze_count() == 0
-    if freeze:
-        gc.freeze()
-    try:
-        for job in mine:
-            while len(inflight) >= n_workers + max(0, prefetch):
-                hand_over()
-            timings: dict = {}
-            inflight.append((job, timings, models.submit(infer, readers.submit(load, job, timings), timings)))
-        while inflight:
-            hand_over()
-        for f in pending:
-            f.result()
-    finally:
-        for pool in (readers, models, writers):
-            pool.shutdown(wait=True, cancel_futures=True)
-        if freeze:
-            gc.unfreeze()
+    n_workers, worker_threads, n_io = default_workers(device, len(todo), workers)
+    StagedExecutor(n_workers, worker_threads, io_threads or n_io, prefetch, max_pending_writes).run(
+        todo, load, infer, write, commit.fail)
     return report

@@ -129,10 +129,10 @@ class TrainBase(_Strict):
     output_dir: Path = Path("runs/medgan")
     log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(500, ge=1)
-    amp: bool = Field(True, description="bfloat16 autocast on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX); "
-                      "float32 elsewhere. Measured in benchmarks/bench_step.py")
-    channels_last: bool = Field(True, description="networks and patches in channels-last 3D memory order (faster convs)")
-    compile: bool = Field(False, description="torch.compile each network (first iterations slower)")
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX), "
+                      "float32 elsewhere; 2-3x faster steps on such CPUs (benchmarks/bench_step.py)")
+    channels_last: bool = Field(False, description="networks and patches in channels-last 3D memory order "
+                                "(measured no faster for these networks on CPU; try it on GPUs)")
 
 
 class InferenceConfig(_Strict):

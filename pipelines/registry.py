@@ -12,9 +12,9 @@ from medgan.config import load_config, read_config_tree
 
 # name -> (config schema, trainer), as "module:attribute" so the CLI imports only what it runs
 PIPELINES: dict[str, tuple[str, str]] = {
-    "cyclegan": ("pipelines.cyclegan.config:CycleGANConfig", "pipelines.cyclegan.trainer:CycleGANTrainer"),
-    "adda": ("pipelines.adda.config:AddaConfig", "pipelines.adda.trainer:AddaTrainer"),
-    "cvae": ("pipelines.cvae.config:CVAEConfig", "pipelines.cvae.trainer:CVAETrainer"),
+    "cyclegan": ("medgan.pipelines.cyclegan.config:CycleGANConfig", "medgan.pipelines.cyclegan.trainer:CycleGANTrainer"),
+    "adda": ("medgan.pipelines.adda.config:AddaConfig", "medgan.pipelines.adda.trainer:AddaTrainer"),
+    "cvae": ("medgan.pipelines.cvae.config:CVAEConfig", "medgan.pipelines.cvae.trainer:CVAETrainer"),
 }
 # configs written before the ``pipeline`` key: the section only that pipeline has
 _SECTION = {"domain_a": "cyclegan", "source": "adda", "domain": "cvae"}

@@ -27,7 +27,7 @@ TINY = [
 
 def tiny_config(tmp: Path, *overrides: str):
     from medgan.config import load_config
-    from pipelines.cyclegan.config import CycleGANConfig
+    from medgan.pipelines.cyclegan.config import CycleGANConfig
 
     os.chdir(ROOT)  # configs use paths relative to the repository root
     return load_config(
@@ -39,7 +39,7 @@ def tiny_config(tmp: Path, *overrides: str):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A CycleGAN checkpoint trained for 2 iterations on the phantom with tiny networks."""
-    from pipelines.cyclegan.trainer import train
+    from medgan.pipelines.cyclegan.trainer import train
 
     tmp = tmp_path_factory.mktemp("tiny_run")
     return train(tiny_config(tmp), progress=False)

@@ -14,7 +14,7 @@ import numpy as np
 
 from medgan.batch import Manifest, plan_jobs
 from medgan.io import read_volume, sha256_of
-from pipelines.cyclegan.translate import translate
+from medgan.pipelines.cyclegan.translate import translate
 from tests.conftest import ROOT, write_dicom_series, write_nifti_file
 
 AFF = np.diag([3.0, 3.0, 3.0, 1.0])
@@ -290,7 +290,7 @@ def test_loading_a_model_leaves_the_process_allocator_alone(tmp_path, tiny_check
     """Only the batch engine tunes glibc (process-wide): a Translator and translate_file do not."""
     import medgan.batch as batch
     import medgan.inference as inference
-    from pipelines.cyclegan.translate import Translator
+    from medgan.pipelines.cyclegan.translate import Translator
 
     calls = []
     monkeypatch.setattr(batch, "reuse_freed_memory", lambda: calls.append("batch"))

@@ -3,7 +3,7 @@
 import numpy as np
 from typer.testing import CliRunner
 
-from medgan.cli import app
+from medgan.pipelines.cli import app
 from tests.conftest import PHANTOM, ROOT, TINY, write_nifti_file
 
 runner = CliRunner()
@@ -62,7 +62,7 @@ def test_evaluate_prints_table(tmp_path, tiny_checkpoint):
 
 
 def test_evaluate_a_test_set_from_the_command_line(tmp_path, tiny_checkpoint):
-    from pipelines.cyclegan.translate import translate
+    from medgan.pipelines.cyclegan.translate import translate
     from tests.conftest import PHANTOM
 
     mr = PHANTOM / "mr/phantom-mr-01.nii.gz"

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from medgan.config import load_config
-from pipelines.cyclegan.config import CycleGANConfig
+from medgan.pipelines.cyclegan.config import CycleGANConfig
 from tests.conftest import ROOT
 
 

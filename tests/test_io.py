@@ -281,7 +281,7 @@ def test_gzip_nifti_is_decompressed_once(tmp_path, monkeypatch):
     the end of the gzip stream first, decompressing the whole volume twice."""
     import builtins
 
-    import medgan.io as mio
+    import medgan.io.readers as mio
 
     if mio._igzip is None:
         pytest.skip("isal is not installed: nibabel's own gzip reader is used")
@@ -319,7 +319,8 @@ def test_direct_write_gives_the_same_file_and_its_checksum(tmp_path, suffix):
     several 8 MiB blocks with an unaligned tail, and the digest fed while writing is the file's."""
     import hashlib
 
-    from medgan.io import _BlockWriter, sha256_of
+    from medgan.io import sha256_of
+    from medgan.io.writers import _BlockWriter
 
     arr = RNG.normal(size=(160, 130, 110)).astype(np.float32)  # 9.2 MB raw: more than one block
     aff = oblique_affine()
@@ -343,7 +344,7 @@ def test_direct_write_falls_back_when_the_file_system_refuses(tmp_path, monkeypa
     import fcntl
     import os
 
-    import medgan.io as mio
+    import medgan.io.writers as mio
 
     real_write, calls = os.write, []
 
@@ -367,7 +368,7 @@ def test_direct_write_falls_back_when_the_file_system_refuses(tmp_path, monkeypa
 
 
 def test_block_writer_is_forward_only(tmp_path):
-    from medgan.io import _BlockWriter
+    from medgan.io.writers import _BlockWriter
 
     with open(tmp_path / "f", "wb", buffering=0) as raw, _BlockWriter(raw.fileno(), direct=False) as sink:
         sink.write(b"ab")

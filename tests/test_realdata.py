@@ -7,10 +7,10 @@ import pytest
 
 from medgan.config import load_config
 from medgan.io import read_volume
-from pipelines.cyclegan.config import CycleGANConfig
-from pipelines.cyclegan.evaluate import evaluate
-from pipelines.cyclegan.trainer import train
-from pipelines.cyclegan.translate import translate
+from medgan.pipelines.cyclegan.config import CycleGANConfig
+from medgan.pipelines.cyclegan.evaluate import evaluate
+from medgan.pipelines.cyclegan.trainer import train
+from medgan.pipelines.cyclegan.translate import translate
 from tests.conftest import DATA_DIR, ROOT, TINY, requires_data
 
 pytestmark = [requires_data, pytest.mark.realdata]

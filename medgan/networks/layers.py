@@ -199,8 +199,8 @@ class UpsampleConv3d(nn.Conv3d):
         # Without gradients everything runs channels-last (the phases' interleaving then copies
         # runs of C_out channels, and the next layers are faster in it). One thread, channels-last
         # input as in the generator: 64 -> 32 channels onto 32x32x16 4.3 -> 3.6 ms, 32 -> 16 onto
-        # 64x64x32 8.8 -> 6.8 ms. Training keeps the standard layout.
-        channels_last = not torch.is_grad_enabled()
+        # 64x64x32 8.8 -> 6.8 ms. Training follows the input's layout (train.channels_last).
+        channels_last = not torch.is_grad_enabled() or input.is_contiguous(memory_format=torch.channels_last_3d)
         fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
         input = input.contiguous(memory_format=fmt)
         b, _, d, h, w = input.shape

@@ -130,7 +130,7 @@ class Trainer(ABC):
     Args:
         config: a pipeline config whose ``train`` section extends
             :class:`~medgan.pipelines.data_config.TrainBase` (seed, device, amp, channels_last,
-            compile, output_dir, log/checkpoint intervals).
+            output_dir, log/checkpoint intervals).
         resume: a checkpoint (or run folder) to continue from exactly.
         progress: show a progress bar (rank 0 only).
 
@@ -164,9 +164,6 @@ class Trainer(ABC):
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = self.build_schedulers()
         self.normalization: dict = {}
         self.build_data()
-        if t.compile:
-            for net in self.nets.values():
-                net.compile()  # in place: state_dict keys unchanged
         self._ddp = self._wrap()
         if self.rank:
             seed_everything(self.seed())

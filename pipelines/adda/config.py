@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medgan.losses.adversarial import GANMode
-from pipelines.data_config import DomainConfig, InferenceConfig, PipelineConfig, TrainBase, _Strict
+from medgan.pipelines.data_config import DomainConfig, InferenceConfig, PipelineConfig, TrainBase, _Strict
 
 
 class AddaNetworkConfig(_Strict):

@@ -17,9 +17,9 @@ from medgan.data.transforms import labels_to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, read_label_map, read_volume, sha256_of
 from medgan.metrics import dice_per_class
-from pipelines.adda.config import AddaConfig
-from pipelines.adda.trainer import PIPELINE, build_adda_networks
-from pipelines.data_config import domain_preprocessor
+from medgan.pipelines.adda.config import AddaConfig
+from medgan.pipelines.adda.trainer import PIPELINE, build_adda_networks
+from medgan.pipelines.data_config import domain_preprocessor
 
 Encoder = Literal["source", "adapted", "oracle"]
 ROWS = {"source": "no adaptation (E_src + H)", "adapted": "ADDA (E_tgt + H)", "oracle": "supervised upper bound (target labels)"}

@@ -27,8 +27,8 @@ from medgan.networks.discriminators import FeatureDiscriminator
 from medgan.networks.segmenters import build_split_segmenter
 from medgan.training.engine import Trainer
 from medgan.utils import set_requires_grad
-from pipelines.adda.config import AddaConfig
-from pipelines.data_config import domain_preprocessor
+from medgan.pipelines.adda.config import AddaConfig
+from medgan.pipelines.data_config import domain_preprocessor
 
 logger = logging.getLogger(__name__)
 PIPELINE = "adda"

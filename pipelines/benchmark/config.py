@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medgan.config import InputPath
-from pipelines.data_config import IntensityConfig, LabelConfig, PipelineConfig, _Strict
+from medgan.pipelines.data_config import IntensityConfig, LabelConfig, PipelineConfig, _Strict
 
 Row = Literal["no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "supervised"]
 ROWS: tuple[str, ...] = ("no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "supervised")

@@ -31,7 +31,7 @@ from medgan.config import apply_override, dump_config
 from medgan.data.datalist import datalist_from_folder
 from medgan.io import atomic_write_text, read_label_map, read_volume, strip_image_suffix
 from medgan.metrics import dice_per_class, hd95_per_class
-from pipelines.benchmark.config import ROW_TITLES, BenchmarkConfig, Side
+from medgan.pipelines.benchmark.config import ROW_TITLES, BenchmarkConfig, Side
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def _train_block(cfg: BenchmarkConfig, out: Path) -> dict:
 
 
 def _cyclegan(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: Path, shape: bool) -> Path:
-    from pipelines.cyclegan.config import CycleGANConfig
-    from pipelines.cyclegan.trainer import train
+    from medgan.pipelines.cyclegan.config import CycleGANConfig
+    from medgan.pipelines.cyclegan.trainer import train
 
     tree = {"classes": cfg.classes, "domain_a": _side(cfg.source, ct), "domain_b": _side(cfg.target, mr),
             "network": {"seg_features": list(cfg.seg_features)},
@@ -64,8 +64,8 @@ def _cyclegan(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: Path, s
 
 
 def _adda(cfg: BenchmarkConfig, source: dict, mr: list[dict], out: Path, supervised: bool = False) -> Path:
-    from pipelines.adda.config import AddaConfig
-    from pipelines.adda.trainer import train_adda
+    from medgan.pipelines.adda.config import AddaConfig
+    from medgan.pipelines.adda.trainer import train_adda
 
     stages = {"n_source_iters": 1, "n_adapt_iters": 0, "n_oracle_iters": cfg.iters} if supervised else \
         {"n_source_iters": cfg.iters, "n_adapt_iters": cfg.iters, "n_oracle_iters": 0}
@@ -88,9 +88,9 @@ def _score(segment, test: list[dict], mapper, classes: list[str]) -> list[dict]:
 
 def _sct_rows(ckpt: Path, test: list[dict], out: Path, real_ct: Path, translate_with: Path | None = None) -> list[dict]:
     """Synthetic CT of each test MR (or ``test`` entries' ``sct`` already made), scored by
-    :func:`pipelines.cyclegan.evaluate.evaluate_set` against the labelled real CTs."""
-    from pipelines.cyclegan.evaluate import Case, evaluate_set
-    from pipelines.cyclegan.translate import translate
+    :func:`medgan.pipelines.cyclegan.evaluate.evaluate_set` against the labelled real CTs."""
+    from medgan.pipelines.cyclegan.evaluate import Case, evaluate_set
+    from medgan.pipelines.cyclegan.translate import translate
 
     if translate_with is not None:
         rep = translate(translate_with, [e["image"] for e in test], out / "sct", "mr2ct")
@@ -143,8 +143,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         logger.info("benchmark row %s: %.0f s", row, results["seconds"][row])
         return value
 
-    from pipelines.adda.segment import AddaSegmenter
-    from pipelines.cyclegan.translate import Translator
+    from medgan.pipelines.adda.segment import AddaSegmenter
+    from medgan.pipelines.cyclegan.translate import Translator
 
     rows = list(cfg.rows)
     if "no_adaptation" in rows or "adda" in rows:
@@ -165,7 +165,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             timed(row, cg)
     if "cycada" in rows:
         def cycada() -> None:
-            from pipelines.cyclegan.translate import translate
+            from medgan.pipelines.cyclegan.translate import translate
 
             labelled_ct = [e for e in ct if e["label"]]
             rep = translate(ckpts["cyclegan_shape"], [e["image"] for e in labelled_ct], out / "cycada/ct2mr", "ct2mr")
@@ -184,7 +184,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         timed("supervised", supervised)
     if cfg.histmatch_baseline:
         def histmatch() -> None:
-            from pipelines.cyclegan.baselines import histogram_match
+            from medgan.pipelines.cyclegan.baselines import histogram_match
 
             ref = next(e["image"] for e in ct if e["label"])
             made = [{**e, "sct": histogram_match(e["image"], ref, out / "histmatch/sct" / f"{strip_image_suffix(Path(e['image']))}_mr2ct.nii.gz")}

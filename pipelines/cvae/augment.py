@@ -28,10 +28,10 @@ from medgan.metrics import dice_per_class
 from medgan.networks import build_segmenter
 from medgan.training.segmenter import fit_segmenter
 from medgan.viz import save_orthogonal_slices
-from pipelines.cvae.config import CVAEConfig
-from pipelines.cvae.sample import CVAESampler, sample_quality
-from pipelines.cvae.trainer import labelled_volumes, train_cvae
-from pipelines.data_config import domain_preprocessor
+from medgan.pipelines.cvae.config import CVAEConfig
+from medgan.pipelines.cvae.sample import CVAESampler, sample_quality
+from medgan.pipelines.cvae.trainer import labelled_volumes, train_cvae
+from medgan.pipelines.data_config import domain_preprocessor
 
 logger = logging.getLogger(__name__)
 

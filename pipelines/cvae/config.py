@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.data_config import DomainConfig, InferenceConfig, PipelineConfig, TrainBase, _Strict
+from medgan.pipelines.data_config import DomainConfig, InferenceConfig, PipelineConfig, TrainBase, _Strict
 
 
 class CVAENetworkConfig(_Strict):

@@ -28,9 +28,9 @@ from medgan.data.transforms import labels_to_input_grid, to_canonical, to_input_
 from medgan.inference import inference_device
 from medgan.io import Grid, Volume, VolumeError, atomic_write_text, check_whole_numbers, sha256_of
 from medgan.metrics import dice_per_class, intensity_stats_per_class
-from pipelines.cvae.config import CVAEConfig, SampleConfig
-from pipelines.cvae.trainer import PIPELINE, build_cvae
-from pipelines.data_config import domain_preprocessor
+from medgan.pipelines.cvae.config import CVAEConfig, SampleConfig
+from medgan.pipelines.cvae.trainer import PIPELINE, build_cvae
+from medgan.pipelines.data_config import domain_preprocessor
 
 
 def deform_labels(labels: torch.Tensor, cfg: SampleConfig, seed: int) -> torch.Tensor:

@@ -12,8 +12,8 @@ from medgan.data.transforms import PatchDataset
 from medgan.keys import Keys
 from medgan.networks.vae import SpatialCVAE, vae_loss
 from medgan.training.engine import RANK_SEED_STRIDE, Trainer
-from pipelines.cvae.config import CVAEConfig
-from pipelines.data_config import domain_preprocessor
+from medgan.pipelines.cvae.config import CVAEConfig
+from medgan.pipelines.data_config import domain_preprocessor
 
 logger = logging.getLogger(__name__)
 PIPELINE = "cvae"

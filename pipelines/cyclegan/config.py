@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medgan.losses.adversarial import GANMode
-from pipelines.data_config import DataSource, DomainConfig, InferenceConfig, IntensityConfig, LabelConfig, PipelineConfig, TrainBase, _Strict
+from medgan.pipelines.data_config import DataSource, DomainConfig, InferenceConfig, IntensityConfig, LabelConfig, PipelineConfig, TrainBase, _Strict
 
 __all__ = ["CycleGANConfig", "DataSource", "DomainConfig", "InferenceConfig", "IntensityConfig", "LabelConfig"]
 

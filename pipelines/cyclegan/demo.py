@@ -10,10 +10,10 @@ from medgan.config import load_config
 from medgan.data.transforms import to_canonical
 from medgan.io import read_volume
 from medgan.viz import save_orthogonal_slices
-from pipelines.cyclegan.config import CycleGANConfig
-from pipelines.cyclegan.evaluate import Case, evaluate, evaluate_set
-from pipelines.cyclegan.trainer import train
-from pipelines.cyclegan.translate import Translator, translate
+from medgan.pipelines.cyclegan.config import CycleGANConfig
+from medgan.pipelines.cyclegan.evaluate import Case, evaluate, evaluate_set
+from medgan.pipelines.cyclegan.trainer import train
+from medgan.pipelines.cyclegan.translate import Translator, translate
 
 logger = logging.getLogger(__name__)
 PHANTOM = Path("data_samples/phantom")

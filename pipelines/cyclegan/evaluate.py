@@ -26,7 +26,7 @@ import numpy as np
 from medgan.data.transforms import onto_grid
 from medgan.io import Volume, atomic_write_text, image_suffix, is_image_path, read_label_map, read_volume, strip_image_suffix
 from medgan.metrics import dice_per_class, intensity_stats_per_class, paired_metrics
-from pipelines.cyclegan.translate import Translator
+from medgan.pipelines.cyclegan.translate import Translator
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from medgan.networks import PatchDiscriminator, ResnetGenerator, UNetGenerator, build_segmenter
-from pipelines.cyclegan.config import CycleGANConfig
+from medgan.pipelines.cyclegan.config import CycleGANConfig
 
 PIPELINE = "cyclegan"
 

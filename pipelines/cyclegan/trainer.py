@@ -36,9 +36,9 @@ from medgan.networks.checks import check_input_size
 from medgan.training.engine import Trainer
 from medgan.utils import ImagePool, read_losses, set_requires_grad
 from medgan.viz import save_orthogonal_slices
-from pipelines.cyclegan.config import CycleGANConfig, DomainConfig
-from pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
-from pipelines.data_config import domain_preprocessor as _domain_preprocessor
+from medgan.pipelines.cyclegan.config import CycleGANConfig, DomainConfig
+from medgan.pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
+from medgan.pipelines.data_config import domain_preprocessor as _domain_preprocessor
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
-from pipelines.cyclegan.config import CycleGANConfig
-from pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
-from pipelines.cyclegan.trainer import domain_preprocessor
+from medgan.pipelines.cyclegan.config import CycleGANConfig
+from medgan.pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
+from medgan.pipelines.cyclegan.trainer import domain_preprocessor
 
 
 @dataclass

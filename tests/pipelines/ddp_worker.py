@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.registry import build_trainer  # noqa: E402
+from medgan.pipelines.registry import build_trainer  # noqa: E402
 
 
 def digest(tensors) -> str:  # noqa: ANN001

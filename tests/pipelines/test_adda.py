@@ -10,9 +10,9 @@ import torch
 
 from medgan.checkpoint import CheckpointError
 from medgan.config import ConfigError, load_config
-from pipelines.adda.config import AddaConfig
-from pipelines.adda.segment import AddaSegmenter, evaluate_adda, segment
-from pipelines.adda.trainer import AddaTrainer, train_adda
+from medgan.pipelines.adda.config import AddaConfig
+from medgan.pipelines.adda.segment import AddaSegmenter, evaluate_adda, segment
+from medgan.pipelines.adda.trainer import AddaTrainer, train_adda
 from tests.conftest import DATA_DIR, PHANTOM, ROOT, requires_data
 
 TINY = ["network.seg_features=[4,4,4,8,8,4]", "network.disc_channels=8", "train.patch_size=[32,32,16]",

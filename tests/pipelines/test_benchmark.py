@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medgan.config import load_config
-from pipelines.benchmark.config import ROWS, BenchmarkConfig, Split
+from medgan.pipelines.benchmark.config import ROWS, BenchmarkConfig, Split
 from tests.conftest import DATA_DIR, ROOT, requires_data
 
 CHAOS = [f"chaos-t2-{s}" for s in ("01", "02", "05", "08", "13", "15", "19", "20", "22", "31", "32", "34", "36", "37", "39")]
@@ -46,7 +46,7 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
         f"split.file={split}", "iters=2", "patch_size=[32,32,32]", "seg_features=[4,4,4,8,8,4]", f"output_dir={tmp_path / 'b'}",
         f"cyclegan={tiny_cg}", "adda=[network.disc_channels=4, inference.sw_batch_size=4, inference.overlap=0]", "device=cpu"])
     assert cfg.target.folder == DATA_DIR.resolve() / "abdomen/mr-chaos"
-    from pipelines.benchmark.run import run_benchmark
+    from medgan.pipelines.benchmark.run import run_benchmark
 
     res = run_benchmark(cfg)
     assert set(res["segmentation"]) == set(ROWS)

@@ -11,11 +11,11 @@ import yaml
 from medgan.checkpoint import CheckpointError
 from medgan.config import ConfigError, load_config
 from medgan.networks.vae import SpatialCVAE, vae_loss
-from pipelines.cvae.augment import run_augmentation
-from pipelines.cvae.config import CVAEConfig
-from pipelines.cvae.sample import CVAESampler, sample
-from pipelines.cvae.trainer import train_cvae
-from pipelines.data_config import DataSource, domain_preprocessor
+from medgan.pipelines.cvae.augment import run_augmentation
+from medgan.pipelines.cvae.config import CVAEConfig
+from medgan.pipelines.cvae.sample import CVAESampler, sample
+from medgan.pipelines.cvae.trainer import train_cvae
+from medgan.pipelines.data_config import DataSource, domain_preprocessor
 from tests.conftest import DATA_DIR, PHANTOM, ROOT, requires_data
 
 CLASSES = ["liver", "spleen", "kidney_right", "kidney_left", "aorta", "vertebrae"]

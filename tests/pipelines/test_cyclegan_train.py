@@ -7,8 +7,8 @@ import torch
 
 from medgan.checkpoint import CheckpointError, load_training_state
 from medgan.config import ConfigError, load_config
-from pipelines.cyclegan.config import CycleGANConfig
-from pipelines.cyclegan.trainer import CycleGANTrainer, read_losses
+from medgan.pipelines.cyclegan.config import CycleGANConfig
+from medgan.pipelines.cyclegan.trainer import CycleGANTrainer, read_losses
 from tests.conftest import ROOT, tiny_config
 
 

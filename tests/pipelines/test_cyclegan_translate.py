@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from medgan.io import read_volume
-from pipelines.cyclegan.evaluate import evaluate
-from pipelines.cyclegan.translate import Translator, translate
+from medgan.pipelines.cyclegan.evaluate import evaluate
+from medgan.pipelines.cyclegan.translate import Translator, translate
 from tests.conftest import PHANTOM, axcodes_affine, oblique_affine, write_nifti_file
 
 
@@ -191,7 +191,7 @@ def test_evaluate_set_goes_past_a_broken_case_and_writes_every_table(tmp_path, t
     from scipy.stats import wasserstein_distance
 
     from medgan.metrics import paired_metrics
-    from pipelines.cyclegan.evaluate import evaluate_set, read_cases
+    from medgan.pipelines.cyclegan.evaluate import evaluate_set, read_cases
 
     mr = PHANTOM / "mr/phantom-mr-01.nii.gz"
     assert translate(tiny_checkpoint, [mr], tmp_path / "out", "mr2ct").ok

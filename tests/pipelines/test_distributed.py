@@ -14,7 +14,7 @@ import yaml
 
 from medgan.checkpoint import load_training_state, read_meta
 from medgan.training import NonFiniteLossError
-from pipelines.registry import build_trainer
+from medgan.pipelines.registry import build_trainer
 from medgan.utils import read_losses
 from tests.conftest import ROOT, TINY
 from tests.pipelines.test_adda import TINY as ADDA_TINY
@@ -88,7 +88,7 @@ def test_nan_guard_stops_before_the_update_and_names_the_loss(tmp_path, monkeypa
 
 
 def test_train_command_picks_the_pipeline_from_the_config(tmp_path):
-    from pipelines.registry import pipeline_of
+    from medgan.pipelines.registry import pipeline_of
 
     assert pipeline_of(CYCLEGAN) == "cyclegan"
     assert pipeline_of(ROOT / "configs/adda_abdomen.yaml") == "adda"

@@ -60,7 +60,7 @@ def train(
     """Train the config's pipeline (shape-consistent CycleGAN by default). On several GPUs or
     nodes: `torchrun --nproc-per-node N -m medgan train CONFIG` (gloo on CPU)."""
     try:
-        from pipelines.registry import build_trainer
+        from medgan.pipelines.registry import build_trainer
 
         trainer = build_trainer(config, overrides, resume=resume, progress=sys.stderr.isatty())
         ckpt = trainer.fit()
@@ -92,7 +92,7 @@ def translate(
     makes a rerun skip finished scans. Under `torchrun --nproc-per-node N -m medgan translate ...`
     each rank takes its share. Exit code 1 if any scan failed."""
     try:
-        from pipelines.cyclegan.translate import translate as run
+        from medgan.pipelines.cyclegan.translate import translate as run
 
         report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=_show_result,
                      prefetch=prefetch, workers=workers, max_voxels=max_voxels, series_uid=series_uid,
@@ -149,7 +149,7 @@ def evaluate(
     Markdown table and figures; a broken case is listed and the rest go on."""
     try:
         if cases is not None:
-            from pipelines.cyclegan.evaluate import evaluate_set, read_cases
+            from medgan.pipelines.cyclegan.evaluate import evaluate_set, read_cases
 
             if output is None:
                 raise ValueError("--cases needs --output for metrics.json, metrics.csv, metrics.md and figures/")
@@ -160,7 +160,7 @@ def evaluate(
             return
         if translated is None or checkpoint is None or direction is None:
             raise ValueError("give a TRANSLATED volume with -c and -d, or a test set with --cases")
-        from pipelines.cyclegan.evaluate import evaluate as run
+        from medgan.pipelines.cyclegan.evaluate import evaluate as run
 
         report = run(checkpoint, translated, direction, source_labels, reference, reference_labels,
                      paired_reference, output, device)
@@ -178,8 +178,8 @@ def benchmark(
     (Dice/HD95 per organ, synthetic-CT organ HU); writes table.md, table.csv and results.json."""
     try:
         from medgan.config import load_config
-        from pipelines.benchmark.config import BenchmarkConfig
-        from pipelines.benchmark.run import run_benchmark
+        from medgan.pipelines.benchmark.config import BenchmarkConfig
+        from medgan.pipelines.benchmark.run import run_benchmark
 
         cfg = load_config(BenchmarkConfig, config, overrides)
         run_benchmark(cfg)
@@ -196,7 +196,7 @@ def baseline_histmatch(
 ) -> None:
     """Baseline without learning: histogram matching of SOURCE onto REFERENCE."""
     try:
-        from pipelines.cyclegan.baselines import histogram_match
+        from medgan.pipelines.cyclegan.baselines import histogram_match
 
         path = histogram_match(source, reference, output)
     except USER_ERRORS as err:
@@ -221,7 +221,7 @@ def demo(
 ) -> None:
     """The main job on the shipped phantom: train, translate both ways, evaluate, draw a PNG."""
     try:
-        from pipelines.cyclegan.demo import run_demo
+        from medgan.pipelines.cyclegan.demo import run_demo
 
         reports = run_demo(config, output, overrides, progress=sys.stderr.isatty())
     except USER_ERRORS as err:
@@ -240,7 +240,7 @@ def slices_demo(
 ) -> None:
     """Train a 2D WGAN-GP DCGAN and a VAE on axial slices of real T1 head MRs; write sample grids."""
     try:
-        from pipelines.slices_demo import run_slices_demo
+        from medgan.pipelines.slices_demo import run_slices_demo
 
         summary = run_slices_demo(data, output, gan_iters, vae_iters, size)
     except USER_ERRORS as err:
@@ -261,8 +261,8 @@ def adda_train(
     """Source stage, adaptation stage and (optionally) the supervised upper bound."""
     try:
         from medgan.config import load_config
-        from pipelines.adda.config import AddaConfig
-        from pipelines.adda.trainer import train_adda
+        from medgan.pipelines.adda.config import AddaConfig
+        from medgan.pipelines.adda.trainer import train_adda
 
         ckpt = train_adda(load_config(AddaConfig, config, overrides), resume=resume, progress=sys.stderr.isatty())
     except USER_ERRORS as err:
@@ -282,7 +282,7 @@ def adda_segment(
 ) -> None:
     """Segment scans (outputs on each input's grid; manifest; bad files reported). Exit 1 if any failed."""
     try:
-        from pipelines.adda.segment import segment
+        from medgan.pipelines.adda.segment import segment
 
         report = segment(checkpoint, inputs, output, encoder, device=device,  # type: ignore[arg-type]
                          on_result=_show_result, workers=workers, max_voxels=max_voxels)
@@ -305,7 +305,7 @@ def adda_evaluate(
     from rich.table import Table
 
     try:
-        from pipelines.adda.segment import evaluate_adda
+        from medgan.pipelines.adda.segment import evaluate_adda
 
         report = evaluate_adda(checkpoint, images, labels, device)
     except USER_ERRORS as err:
@@ -338,8 +338,8 @@ def cvae_train(
     """Train the 3D conditional VAE (the held-out slab, if configured, is never seen)."""
     try:
         from medgan.config import load_config
-        from pipelines.cvae.config import CVAEConfig
-        from pipelines.cvae.trainer import train_cvae
+        from medgan.pipelines.cvae.config import CVAEConfig
+        from medgan.pipelines.cvae.trainer import train_cvae
 
         ckpt = train_cvae(load_config(CVAEConfig, config, overrides), resume=resume)
     except USER_ERRORS as err:
@@ -360,7 +360,7 @@ def cvae_sample(
     """Write image/label pairs (NIfTI, on each label map's grid) and a dataset.json datalist, as a
     batch: a manifest makes a rerun skip finished label maps; a bad one is reported, the others go on."""
     try:
-        from pipelines.cvae.sample import sample
+        from medgan.pipelines.cvae.sample import sample
 
         path = sample(checkpoint, labels, n, output, seed, deform, device, on_result=_show_result)
     except USER_ERRORS as err:
@@ -379,8 +379,8 @@ def cvae_evaluate(
 
     try:
         from medgan.config import load_config
-        from pipelines.cvae.augment import run_augmentation
-        from pipelines.cvae.config import CVAEConfig
+        from medgan.pipelines.cvae.augment import run_augmentation
+        from medgan.pipelines.cvae.config import CVAEConfig
 
         report = run_augmentation(load_config(CVAEConfig, config, overrides), checkpoint)
     except USER_ERRORS as err:
