@@ -2,7 +2,7 @@
 iteration, gathers a SHA-256 of each rank's parameters (they must be identical) and of its
 first patch (they must differ). Rank 0 writes ``ddp_report.json`` into the output folder.
 
-    torchrun --nproc-per-node 2 tests/pipelines/ddp_worker.py CONFIG OUTPUT_DIR [overrides...]
+    torchrun --nproc-per-node 2 tests/pipelines/ddp_worker.py CONFIG OUTPUT_DIR [overrides...] [resume=CHECKPOINT]
 """
 
 import hashlib
@@ -26,7 +26,9 @@ def digest(tensors) -> str:  # noqa: ANN001
 
 def main() -> None:
     config, out, *overrides = sys.argv[1:]
-    tr = build_trainer(config, [f"train.output_dir={out}", "train.device=cpu", *overrides], progress=False)
+    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
+    overrides = [o for o in overrides if not o.startswith("resume=")]
+    tr = build_trainer(config, [f"train.output_dir={out}", "train.device=cpu", *overrides], resume=resume, progress=False)
     domain = next(iter(tr.datasets))
     report = {"world_size": tr.dist.world_size, "patches": tr.dist.all_gather(digest([tr.batch(domain, 1)["x"]])), "params": {}}
     step = tr.step

@@ -4,6 +4,7 @@ checkpoint on 1 rank, and the engine's NaN guard."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +64,19 @@ def test_two_ranks_keep_identical_parameters_and_draw_different_patches(tmp_path
     tr.fit()
     assert [r["iteration"] for r in read_losses(tmp_path)] == [1, 2, 3, 4, 5]
     assert load_training_state(tmp_path / "checkpoints/iter_000005")["world_size"] == 1
+
+
+def test_two_rank_resume_continues_exactly(tmp_path):
+    ov = [*TINY, "optim.n_iters=4", "loss.shape_warmup_iters=0", "train.pool_size=1"]
+    torchrun(CYCLEGAN, tmp_path / "full", *ov)
+    torchrun(CYCLEGAN, tmp_path / "part", *ov, "train.checkpoint_every=2")
+    shutil.rmtree(tmp_path / "part/checkpoints/iter_000004")
+    torchrun(CYCLEGAN, tmp_path / "part", *ov, f"resume={tmp_path / 'part/checkpoints/iter_000002'}")
+    full, part = read_losses(tmp_path / "full"), read_losses(tmp_path / "part")
+    assert [r["iteration"] for r in part] == [1, 2, 3, 4]
+    for ra, rb in zip(full[2:], part[2:]):
+        for k in ra:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (k, ra[k], rb[k])
 
 
 def test_adda_stages_under_two_ranks(tmp_path):
