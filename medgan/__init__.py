@@ -15,7 +15,7 @@ The public API (imported lazily, so ``import medgan`` stays light):
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _API = {
     "CycleGANConfig": "medgan.pipelines.cyclegan.config",

@@ -20,6 +20,8 @@ from monai.networks.utils import one_hot
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio
 
+from medgan.data.masks import body_mask
+
 
 def dice_per_class(pred: np.ndarray, target: np.ndarray, classes: list[str]) -> dict[str, float]:
     """Dice per class (index ``i + 1`` is ``classes[i]``) of two ``(I, J, K)`` class-index maps.
@@ -39,22 +41,6 @@ def intensity_stats_per_class(image: np.ndarray, labels: np.ndarray, classes: li
         if v.size:
             out[c] = {"mean": float(v.mean()), "median": float(np.median(v)), "std": float(v.std()), "voxels": int(v.size)}
     return out
-
-
-def body_mask(ct_hu: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
-    """Body mask of a CT in HU: voxels above ``threshold_hu``, largest component, holes filled in
-    3D and slice by slice along each axis (so airways and bowel gas open at the volume's ends are
-    inside the body)."""
-    mask = ct_hu > threshold_hu
-    lab, n = ndimage.label(mask)
-    if n > 1:
-        sizes = ndimage.sum(mask, lab, range(1, n + 1))
-        mask = lab == (int(np.argmax(sizes)) + 1)
-    mask = ndimage.binary_fill_holes(mask)
-    for axis in range(mask.ndim):
-        filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)])
-        mask |= np.moveaxis(filled, 0, axis)
-    return mask
 
 
 #: SynthRAD2025's HU range for PSNR and MS-SSIM (github.com/SynthRAD2025/metrics,

@@ -341,7 +341,7 @@ def cvae_train(
         from medgan.pipelines.cvae.config import CVAEConfig
         from medgan.pipelines.cvae.trainer import train_cvae
 
-        ckpt = train_cvae(load_config(CVAEConfig, config, overrides), resume=resume)
+        ckpt = train_cvae(load_config(CVAEConfig, config, overrides), resume=resume, progress=sys.stderr.isatty())
     except USER_ERRORS as err:
         _fail(err)
     out.print(f"checkpoint: {ckpt}")

@@ -144,6 +144,10 @@ class InferenceConfig(_Strict):
         None, ge=1, description="windows per forward pass; default: 1 on CPU (fastest there), as many as fit in "
         "half the free memory on CUDA")
     blend: Literal["gaussian", "constant"] = "gaussian"
+    air_outside_body: bool = Field(
+        True, description="synthetic CT: voxels outside the source MR's body mask (medgan.data.masks.mr_body_mask: Otsu "
+        "threshold, largest component, holes filled; on the training grid) are set to AIR_HU (-1000 HU), as the "
+        "air around a patient in a CT")
     precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="float32 (default) or bfloat16 autocast: faster on GPUs and AMX CPUs, but it moves "
         "a synthetic CT by up to 15-30 HU (mean 1-2 HU in the body; benchmarks/bench_precision.py, benchmarks/README.md)")

@@ -18,12 +18,16 @@ import torch
 from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
+from medgan.data.masks import mr_body_mask
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
 from medgan.pipelines.cyclegan.config import CycleGANConfig
 from medgan.pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
 from medgan.pipelines.cyclegan.trainer import domain_preprocessor
+
+AIR_HU = -1000.0
+"""What a synthetic CT holds outside the MR's body mask (``inference.air_outside_body``)."""
 
 
 @dataclass
@@ -137,20 +141,31 @@ class CycleGANTask:
         if segment and not translator.classes:
             raise ValueError(f"{translator.folder}: --segment needs a model with segmenters (no classes configured)")
 
+    @property
+    def air_outside_body(self) -> bool:
+        """A synthetic CT from an MR gets air (:data:`AIR_HU`) outside the MR's body mask."""
+        cfg = self.tr.config
+        return (cfg.inference.air_outside_body and cfg.domain(self.tgt).intensity.kind == "window"
+                and cfg.domain(self.src).intensity.kind != "window")
+
     def prepare(self, volume: Volume):  # noqa: ANN201
         image, _ = self.tr.preprocessor(self.src).image(volume)
-        return image
+        body = torch.from_numpy(mr_body_mask(image[0].numpy())) if self.air_outside_body else None
+        return image, body
 
-    def run(self, image) -> tuple[torch.Tensor, torch.Tensor | None]:  # noqa: ANN001
+    def run(self, prepared) -> tuple[torch.Tensor, torch.Tensor | None]:  # noqa: ANN001
+        image, _ = prepared
         y = self.tr.translate_tensor(image.as_tensor()[None], f"{self.src}2{self.tgt}")
         seg = self.tr.segment_tensor(y, self.tgt) if self.segment else None
         return y[0], (seg[0] if seg is not None else None)
 
-    def finish(self, grid: Grid, image, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
-        y, seg = result
+    def finish(self, grid: Grid, prepared, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
+        (image, body), (y, seg) = prepared, result
         # the intensity map is affine and linear interpolation commutes with it: invert on the
         # small canonical tensor, then resample once onto the (large) input grid
         units = self.tr.scaling[self.tgt].inverse(y.float())
+        if body is not None:
+            units[:, ~body] = AIR_HU
         out = {"": (to_input_grid(units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)}
         if seg is not None:
             out["_seg"] = (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape), np.uint8)

@@ -10,7 +10,7 @@ import torch
 
 from medgan.io import read_volume
 from medgan.pipelines.cyclegan.evaluate import evaluate
-from medgan.pipelines.cyclegan.translate import Translator, translate
+from medgan.pipelines.cyclegan.translate import AIR_HU, CycleGANTask, Translator, translate
 from tests.conftest import PHANTOM, axcodes_affine, oblique_affine, write_nifti_file
 
 
@@ -48,6 +48,7 @@ def test_identity_generator_returns_each_value_at_its_world_position(tmp_path, t
     tr = Translator(tiny_checkpoint, "cpu")
     vol = read_volume(write_nifti_file(tmp_path / "ramp.nii.gz", values, affine))
     monkeypatch.setattr(tr, "translate_tensor", lambda x, direction: x)
+    monkeypatch.setattr(CycleGANTask, "air_outside_body", property(lambda self: False))  # a ramp has no body
     tr.scaling["CT"] = tr.preprocessor("MR").scaling_for(vol)  # target units = this input's units
     out = tr.translate_volume(vol, "mr2ct")
     assert out.image.shape == shape and np.allclose(out.affine, affine)
@@ -61,6 +62,19 @@ def test_identity_generator_returns_each_value_at_its_world_position(tmp_path, t
     np.testing.assert_allclose(out.image[keep], values[keep], atol=0.05)
     # a flipped first axis would be far off: the check has teeth
     assert np.abs(out.image[::-1][keep] - values[keep]).max() > 10
+
+
+def test_synthetic_ct_is_air_outside_the_mr_body(tiny_checkpoint):
+    tr = Translator(tiny_checkpoint, "cpu")
+    vol = read_volume(PHANTOM / "mr/phantom-mr-01.nii.gz")
+    body = read_volume(PHANTOM / "mr/phantom-mr-01_labels.nii.gz").array > 0  # organs: inside the body
+    sct = tr.translate_volume(vol, "mr2ct").image
+    assert np.all(sct[:2, :2, :] == AIR_HU) and np.all(sct[-2:, -2:, :] == AIR_HU)  # the corners are outside
+    assert np.mean(sct[body] == AIR_HU) < 0.01
+    off = tr.config.model_copy(update={"inference": tr.config.inference.model_copy(update={"air_outside_body": False})})
+    tr.config = off
+    assert not np.all(tr.translate_volume(vol, "mr2ct").image[:2, :2, :] == AIR_HU)
+    assert not CycleGANTask(tr, "ct2mr").air_outside_body  # a synthetic MR is left as it is
 
 
 def test_bad_files_are_reported_and_the_batch_goes_on(tmp_path, tiny_checkpoint):
