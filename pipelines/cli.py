@@ -59,10 +59,15 @@ def train(
 ) -> None:
     """Train the config's pipeline (shape-consistent CycleGAN by default). On several GPUs or
     nodes: `torchrun --nproc-per-node N -m medgan train CONFIG` (gloo on CPU)."""
+    _train(config, overrides, resume)
+
+
+def _train(config: Path, overrides: list[str] | None, resume: Path | None, pipeline: str | None = None) -> None:
+    """Build the trainer of ``pipeline`` (default: the config's), fit, print the checkpoint."""
     try:
         from medgan.pipelines.registry import build_trainer
 
-        trainer = build_trainer(config, overrides, resume=resume, progress=sys.stderr.isatty())
+        trainer = build_trainer(config, overrides, resume=resume, progress=sys.stderr.isatty(), pipeline=pipeline)
         ckpt = trainer.fit()
     except USER_ERRORS as err:
         _fail(err)
@@ -259,15 +264,7 @@ def adda_train(
     resume: Optional[Path] = typer.Option(None, help="Checkpoint or run folder to continue exactly."),
 ) -> None:
     """Source stage, adaptation stage and (optionally) the supervised upper bound."""
-    try:
-        from medgan.config import load_config
-        from medgan.pipelines.adda.config import AddaConfig
-        from medgan.pipelines.adda.trainer import train_adda
-
-        ckpt = train_adda(load_config(AddaConfig, config, overrides), resume=resume, progress=sys.stderr.isatty())
-    except USER_ERRORS as err:
-        _fail(err)
-    out.print(f"checkpoint: {ckpt}")
+    _train(config, overrides, resume, "adda")
 
 
 @adda_app.command("segment")
@@ -336,15 +333,7 @@ def cvae_train(
     resume: Optional[Path] = typer.Option(None),
 ) -> None:
     """Train the 3D conditional VAE (the held-out slab, if configured, is never seen)."""
-    try:
-        from medgan.config import load_config
-        from medgan.pipelines.cvae.config import CVAEConfig
-        from medgan.pipelines.cvae.trainer import train_cvae
-
-        ckpt = train_cvae(load_config(CVAEConfig, config, overrides), resume=resume, progress=sys.stderr.isatty())
-    except USER_ERRORS as err:
-        _fail(err)
-    out.print(f"checkpoint: {ckpt}")
+    _train(config, overrides, resume, "cvae")
 
 
 @cvae_app.command("sample")

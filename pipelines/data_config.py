@@ -145,9 +145,10 @@ class InferenceConfig(_Strict):
         "half the free memory on CUDA")
     blend: Literal["gaussian", "constant"] = "gaussian"
     air_outside_body: bool = Field(
-        True, description="synthetic CT: voxels outside the source MR's body mask (medgan.data.masks.mr_body_mask: Otsu "
+        False, description="synthetic CT: voxels outside the source MR's body mask (medgan.data.masks.mr_body_mask: Otsu "
         "threshold, largest component, holes filled; on the training grid) are set to AIR_HU (-1000 HU), as the "
-        "air around a patient in a CT")
+        "air around a patient in a CT. Off by default: on one fat-suppressed T2 abdominal MR the mask missed the body "
+        "outline and made most of the liver air (benchmarks/README.md); check the mask on your protocol first")
     precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="float32 (default) or bfloat16 autocast: faster on GPUs and AMX CPUs, but it moves "
         "a synthetic CT by up to 15-30 HU (mean 1-2 HU in the body; benchmarks/bench_precision.py, benchmarks/README.md)")

@@ -42,7 +42,12 @@ def pipeline_of(config_path: str | Path) -> str:
 
 
 def build_trainer(config_path: str | Path, overrides: list[str] | None = None, resume: str | Path | None = None,
-                  progress: bool = True):  # noqa: ANN201 - a medgan.training.Trainer
-    """The trainer of the config's pipeline, with the config loaded and ``overrides`` applied."""
-    schema, trainer = (_load(ref) for ref in PIPELINES[pipeline_of(config_path)])
+                  progress: bool = True, pipeline: str | None = None):  # noqa: ANN201 - a medgan.training.Trainer
+    """The trainer of ``pipeline`` (default: the config's own, :func:`pipeline_of`), with the
+    config loaded and ``overrides`` applied.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`pipeline_of` and :func:`medgan.config.load_config`.
+    """
+    schema, trainer = (_load(ref) for ref in PIPELINES[pipeline or pipeline_of(config_path)])
     return trainer(load_config(schema, config_path, overrides), resume=resume, progress=progress)

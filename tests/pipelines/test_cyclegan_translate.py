@@ -66,6 +66,9 @@ def test_identity_generator_returns_each_value_at_its_world_position(tmp_path, t
 
 def test_synthetic_ct_is_air_outside_the_mr_body(tiny_checkpoint):
     tr = Translator(tiny_checkpoint, "cpu")
+    assert not tr.config.inference.air_outside_body  # opt-in
+    on = tr.config.model_copy(update={"inference": tr.config.inference.model_copy(update={"air_outside_body": True})})
+    tr.config = on
     vol = read_volume(PHANTOM / "mr/phantom-mr-01.nii.gz")
     body = read_volume(PHANTOM / "mr/phantom-mr-01_labels.nii.gz").array > 0  # organs: inside the body
     sct = tr.translate_volume(vol, "mr2ct").image
