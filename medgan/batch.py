@@ -350,13 +350,13 @@ class ScanCommitter:
                t0: float) -> None:
         out, name = self.out, self.task.name
         written, sums = [], {}
-        for suffix, (arr, dtype) in arrays.items():
+        for suffix in list(arrays):
+            arr, dtype = arrays.pop(suffix)  # each full-size array is released once written
             digest = hashlib.sha256()  # of the bytes as written: no reading back
             path = write_nifti(out / f"{job.stem}_{name}{suffix}.nii.gz", arr, grid.affine, dtype=dtype, direct=True, digest=digest)
+            del arr
             written.append(path)
             sums[path.name] = digest.hexdigest()
-        arrays.clear()
-        arr = None  # noqa: F841 - the last array is not kept while the sidecar is written
         timings["write_s"] = round(time.perf_counter() - t0, 3)
         sidecar = {
             **self.provenance, "medgan_version": medgan.__version__, "task": name, "task_key": self.key,

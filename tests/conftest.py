@@ -105,3 +105,15 @@ def write_dicom_series(folder: Path, array: np.ndarray, spacing=(1.0, 1.0, 2.0),
         writer.Execute(sl)
         files.append(f)
     return files
+
+
+def assert_resumed_losses_match(full_run: Path, resumed_run: Path, n_iters: int, resumed_from: int) -> None:
+    """The resumed run's losses.csv has every iteration once and, after the resume point, the
+    same losses as the uninterrupted run."""
+    from medgan.utils import read_losses
+
+    full, part = read_losses(full_run), read_losses(resumed_run)
+    assert [r["iteration"] for r in part] == list(range(1, n_iters + 1))
+    for ra, rb in zip(full[resumed_from:], part[resumed_from:]):
+        for k in ra:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (k, ra[k], rb[k])

@@ -41,6 +41,7 @@ def mr_body_mask(mr: np.ndarray) -> np.ndarray:
     v = mr[np.isfinite(mr)]
     if v.size == 0 or float(v.max()) == float(v.min()):
         return np.zeros(mr.shape, dtype=bool)
-    v = v[v > np.percentile(v, 1)] if np.any(v > np.percentile(v, 1)) else v
+    above = v[v > np.percentile(v, 1)]
+    v = above if above.size else v
     mask = ndimage.binary_opening(mr > threshold_otsu(v), iterations=1)
     return _largest_filled(mask) if mask.any() else mask

@@ -26,6 +26,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -34,6 +35,8 @@ from torch import nn
 import medgan
 from medgan.checkpoint import load_networks, load_training_state, read_meta, resolve_checkpoint, save_checkpoint
 from medgan.config import dump_config
+from medgan.data.intensity import mean_scaling
+from medgan.data.transforms import PatchDataset
 from medgan.keys import Keys
 from medgan.utils import LossLog, resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -219,6 +222,32 @@ class Trainer(ABC):
     def seed(self, offset: int = 0) -> int:
         """A seed for this rank: ``train.seed * 1000 + offset + rank * RANK_SEED_STRIDE``."""
         return self.cfg.train.seed * 1000 + offset + self.rank * RANK_SEED_STRIDE
+
+    def domain_datasets(self, domains: list, preprocessor: Callable) -> None:  # noqa: ANN001 - DomainConfig list
+        """Set ``self.datasets`` and ``self.normalization`` for ``domains`` (configs with ``name``,
+        ``intensity``, ``data``): every volume through ``preprocessor(domain).training_volume``,
+        one :class:`~medgan.data.transforms.PatchDataset` per domain seeded ``seed(i)`` (``i``:
+        the domain's place in the list) for :meth:`total_iterations` batches, and the domain's
+        mean intensity scaling (stored in the checkpoint)."""
+        t = self.cfg.train
+        self.datasets, self.normalization = {}, {}
+        for i, dom in enumerate(domains):
+            pre = preprocessor(dom)
+            made = [pre.training_volume(e, t.patch_size) for e in dom.data.datalist()]
+            if not made:
+                raise ValueError(f"domain {dom.name}: no training volumes")
+            vols, scalings = zip(*made)
+            logger.info("%s: %d volumes (%d labelled)", dom.name, len(vols), sum(v[Keys.HAS_LABEL.value] for v in vols))
+            self.datasets[dom.name] = PatchDataset(list(vols), t.patch_size, seed=self.seed(i),
+                                                   length=self.total_iterations() * t.batch_size, pos=t.crop_pos, neg=t.crop_neg)
+            self.normalization[dom.name] = {"kind": dom.intensity.kind, **mean_scaling(list(scalings)).to_dict()}
+
+    def joined(self, loss: torch.Tensor | None, pred: torch.Tensor) -> torch.Tensor | None:
+        """``loss``, or under DDP a zero loss joined to ``pred`` when there is none (a batch
+        without labels), so every rank takes part in the gradient all-reduce."""
+        if loss is None and self.dist.enabled:
+            return pred.float().sum() * 0.0
+        return loss
 
     def net(self, name: str, update: bool = True) -> nn.Module:
         """Network ``name`` to call: its DDP wrapper when this update trains it (distributed),

@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medgan.data.intensity import mean_scaling
-from medgan.data.transforms import PatchDataset
 from medgan.keys import Keys
 from medgan.losses import AdversarialLoss, MaskedDiceCELoss
 from medgan.networks.checks import check_input_size
@@ -79,21 +77,9 @@ class AddaTrainer(Trainer):
         cfg, t = self.cfg, self.cfg.train
         self.adv = AdversarialLoss(cfg.loss.gan_mode)
         self.seg = MaskedDiceCELoss()
-        self.datasets, scalings = {}, {}
-        for i, dom in enumerate((cfg.source, cfg.target)):
-            pre = domain_preprocessor(dom, t.spacing_mm, cfg.classes)
-            vols, sc = [], []
-            for e in dom.data.datalist():
-                v, s = pre.training_volume(e, t.patch_size)
-                vols.append(v)
-                sc.append(s)
-            scalings[dom.name] = mean_scaling(sc)
-            self.datasets[dom.name] = PatchDataset(vols, t.patch_size, seed=self.seed(i), length=self.total_iterations() * t.batch_size,
-                                                   pos=t.crop_pos, neg=t.crop_neg)
-            logger.info("%s: %d volumes (%d labelled)", dom.name, len(vols), sum(v[Keys.HAS_LABEL.value] for v in vols))
+        self.domain_datasets([cfg.source, cfg.target], lambda dom: domain_preprocessor(dom, t.spacing_mm, cfg.classes))
         if not any(v[Keys.HAS_LABEL.value] for v in self.datasets[cfg.source.name].volumes):
             raise ValueError(f"source domain {cfg.source.name}: no labelled volume; ADDA's source stage needs labels")
-        self.normalization = {d.name: {"kind": d.intensity.kind, **scalings[d.name].to_dict()} for d in (cfg.source, cfg.target)}
 
     def total_iterations(self) -> int:
         return self.cfg.stages[-1][1]
@@ -125,11 +111,9 @@ class AddaTrainer(Trainer):
         """Stage 1 (source) or 3 (oracle): Dice + cross-entropy on labelled patches."""
         with self.autocast():
             pred = self.net(head)(self.net(enc)(batch["x"]))
-            loss = self.seg(pred, batch["y"], batch["m"])
+            loss = self.joined(self.seg(pred, batch["y"], batch["m"]), pred)
         if loss is None:
-            if not self.dist.enabled:
-                return {}
-            loss = pred.float().sum() * 0.0  # every rank joins the all-reduce
+            return {}
         self.update(group, loss, {f"seg_{group}": loss})
         return {f"seg_{group}": float(loss.detach())} if bool(batch["m"].any()) else {}
 

@@ -28,9 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medgan.data.intensity import mean_scaling
-from medgan.data.transforms import DomainPreprocessor, PatchDataset
-from medgan.keys import Keys
+from medgan.data.transforms import DomainPreprocessor
 from medgan.losses import AdversarialLoss, MaskedDiceCELoss
 from medgan.networks.checks import check_input_size
 from medgan.training.engine import Trainer
@@ -97,25 +95,12 @@ class CycleGANTrainer(Trainer):
         return {g: torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(o.n_iters, decay_start)) for g, opt in self.optimizers.items()}
 
     def build_data(self) -> None:
-        t, n_iters = self.cfg.train, self.cfg.optim.n_iters
+        t = self.cfg.train
         self.pools = {self.names.a: ImagePool(t.pool_size, self.seed(1)), self.names.b: ImagePool(t.pool_size, self.seed(2))}
         self.gan_loss = AdversarialLoss(self.cfg.loss.gan_mode)
         self.seg_loss = MaskedDiceCELoss()
         self.l1 = nn.L1Loss()
-        self.datasets, scalings = {}, {}
-        for i, dom in enumerate((self.cfg.domain_a, self.cfg.domain_b)):
-            pre = domain_preprocessor(self.cfg, dom)
-            vols, sc = [], []
-            for e in dom.data.datalist():
-                v, s = pre.training_volume(e, t.patch_size)
-                vols.append(v)
-                sc.append(s)
-            logger.info("%s: %d volumes (%d labelled)", dom.name, len(vols), sum(v[Keys.HAS_LABEL.value] for v in vols))
-            scalings[dom.name] = mean_scaling(sc)
-            self.datasets[dom.name] = PatchDataset(vols, t.patch_size, seed=self.seed(i), length=n_iters * t.batch_size,
-                                                   pos=t.crop_pos, neg=t.crop_neg)
-        self.normalization = {d.name: {"kind": d.intensity.kind, **scalings[d.name].to_dict()}
-                              for d in (self.cfg.domain_a, self.cfg.domain_b)}
+        self.domain_datasets([self.cfg.domain_a, self.cfg.domain_b], lambda dom: domain_preprocessor(self.cfg, dom))
 
     def total_iterations(self) -> int:
         return self.cfg.optim.n_iters
@@ -150,14 +135,6 @@ class CycleGANTrainer(Trainer):
             s.step()
         self._last = {"x_a": batch_a["x"], "y_a": batch_a["y"], "x_b": batch_b["x"], "y_b": batch_b["y"], **fakes}
         return logs
-
-    def _seg(self, pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor | None:
-        """L_seg over the labelled members; under DDP a batch without labels gives a zero loss
-        joined to ``pred``, so every rank takes part in the gradient all-reduce."""
-        loss = self.seg_loss(pred, y, m)
-        if loss is None and self.dist.enabled:
-            return pred.float().sum() * 0.0
-        return loss
 
     def generator_step(self, batch_a: dict, batch_b: dict, seg_on: bool) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Update G_A2B and G_B2A (Zhu Eq. 1-2 and sec. 5.2; Zhang Eq. 4) with D and S frozen."""
@@ -216,7 +193,8 @@ class CycleGANTrainer(Trainer):
         terms, labelled, total = {}, set(), None
         with self.autocast():
             for name, seg, x, y, m, w in parts:
-                loss = self._seg(self.net(seg)(x), y, m)
+                pred = self.net(seg)(x)
+                loss = self.joined(self.seg_loss(pred, y, m), pred)
                 if loss is not None:
                     terms[name] = loss
                     total = w * loss if total is None else total + w * loss

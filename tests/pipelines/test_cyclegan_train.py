@@ -8,8 +8,8 @@ import torch
 from medgan.checkpoint import CheckpointError, load_training_state
 from medgan.config import ConfigError, load_config
 from medgan.pipelines.cyclegan.config import CycleGANConfig
-from medgan.pipelines.cyclegan.trainer import CycleGANTrainer, read_losses
-from tests.conftest import ROOT, tiny_config
+from medgan.pipelines.cyclegan.trainer import CycleGANTrainer
+from tests.conftest import ROOT, assert_resumed_losses_match, tiny_config
 
 
 def test_training_steps_lower_the_cycle_loss(tmp_path):
@@ -32,11 +32,7 @@ def test_resume_gives_the_same_next_losses(tmp_path):
     resumed = CycleGANTrainer(tiny_config(tmp_path / "part", "optim.n_iters=4", "train.pool_size=1"), resume=ckpt, progress=False)
     assert resumed.iteration == 2
     resumed.fit()
-    a, b = read_losses(tmp_path / "full"), read_losses(tmp_path / "part")
-    assert [r["iteration"] for r in b] == [1, 2, 3, 4]
-    for ra, rb in zip(a[2:], b[2:]):
-        for k in ra:
-            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (k, ra[k], rb[k])
+    assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", 4, 2)
 
 
 def test_checkpoint_holds_full_state_and_loads_weights_only(tiny_checkpoint):

@@ -17,7 +17,7 @@ from medgan.checkpoint import load_training_state, read_meta
 from medgan.training import NonFiniteLossError
 from medgan.pipelines.registry import build_trainer
 from medgan.utils import read_losses
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, assert_resumed_losses_match
 from tests.pipelines.test_adda import TINY as ADDA_TINY
 from tests.pipelines.test_adda import phantom_config as adda_config
 
@@ -72,11 +72,7 @@ def test_two_rank_resume_continues_exactly(tmp_path):
     torchrun(CYCLEGAN, tmp_path / "part", *ov, "train.checkpoint_every=2")
     shutil.rmtree(tmp_path / "part/checkpoints/iter_000004")
     torchrun(CYCLEGAN, tmp_path / "part", *ov, f"resume={tmp_path / 'part/checkpoints/iter_000002'}")
-    full, part = read_losses(tmp_path / "full"), read_losses(tmp_path / "part")
-    assert [r["iteration"] for r in part] == [1, 2, 3, 4]
-    for ra, rb in zip(full[2:], part[2:]):
-        for k in ra:
-            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (k, ra[k], rb[k])
+    assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", 4, 2)
 
 
 def test_adda_stages_under_two_ranks(tmp_path):
