@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections import deque
@@ -70,6 +71,7 @@ from medgan.io import (
     strip_image_suffix,
     write_nifti,
 )
+from medgan.io.dicom_write import StudyIdentifiers, read_source_series, write_ct_series
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +214,7 @@ class Manifest:
             return False
         for n in names:
             p = file_in_folder(self.dir, n)
-            if p is None or p.stat().st_size != sizes[n] or sha256_of(p) != sums[n]:
+            if p is None or _size(p) != sizes[n] or sha256_of(p) != sums[n]:
                 logger.warning("%s: changed or missing since it was recorded; the scan is done again", p)
                 return False
         return True
@@ -288,12 +290,36 @@ def default_workers(device: Any, n_scans: int, workers: int | None = None) -> tu
 
 
 def file_in_folder(folder: Path, name: object) -> Path | None:
-    """``folder / name`` when ``name`` (from a manifest: untrusted) is a plain file name of an
-    existing file directly in ``folder``; ``None`` for anything else (paths, links out, missing)."""
+    """``folder / name`` when ``name`` (from a manifest: untrusted) is a plain name of an existing
+    file (or DICOM series folder) directly in ``folder``; ``None`` for anything else (paths, links
+    out, missing)."""
     if not isinstance(name, str) or "/" in name or "\\" in name:
         return None
     p = folder / name
-    return p if p.resolve().parent == folder.resolve() and p.is_file() else None
+    return p if p.resolve().parent == folder.resolve() and not p.is_symlink() and (p.is_file() or p.is_dir()) else None
+
+
+def _size(p: Path) -> int:
+    """Bytes of a file, or of a folder's files (a DICOM series output)."""
+    return sum(f.stat().st_size for f in p.iterdir() if f.is_file()) if p.is_dir() else p.stat().st_size
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class DicomOutput:
+    """Write the main output as a DICOM CT series (``{stem}_{task}_dicom/``) instead of NIfTI:
+    see :func:`medgan.io.dicom_write.write_ct_series`. ``study`` gives the identifiers of
+    non-DICOM inputs; a DICOM input's own are used."""
+
+    description: str
+    derivation: str
+    study: StudyIdentifiers | None = None
 
 
 def _stale_outputs(record: dict | None, names: list[str], out: Path) -> list[Path]:
@@ -312,8 +338,9 @@ def select_jobs(task_name: str, key: str, jobs: list[ScanJob], out: Path, man: M
     todo = [job for job in share if job.stem not in done]
     skipped = [job.label for job in share if job.stem in done]
     for job in todo:
-        for stale in out.glob(f".{job.stem}_{task_name}*.partial-*"):
-            stale.unlink(missing_ok=True)
+        for pattern in (f".{job.stem}_{task_name}*.partial-*", f".{job.stem}_{task_name}*.old-*"):
+            for stale in out.glob(pattern):
+                _remove(stale)
     if skipped:
         logger.info("rank %d: %d scans already done, %d to do", rank, len(skipped), len(todo))
     return todo, skipped, previous
@@ -327,9 +354,10 @@ class ScanCommitter:
 
     def __init__(self, out: Path, task: VolumeTask, key: str, provenance: dict, man: Manifest | None, rank: int,
                  previous: dict[str, dict], report: BatchReport,
-                 on_result: Callable[[ScanJob, list[Path] | None, str | None], None] | None) -> None:
+                 on_result: Callable[[ScanJob, list[Path] | None, str | None], None] | None,
+                 dicom: DicomOutput | None = None) -> None:
         self.out, self.task, self.key, self.provenance, self.man, self.rank = out, task, key, provenance, man, rank
-        self.previous, self.report, self.on_result = previous, report, on_result
+        self.previous, self.report, self.on_result, self.dicom = previous, report, on_result, dicom
 
     def _record(self, job: ScanJob, **fields: Any) -> None:
         if self.man:
@@ -352,11 +380,19 @@ class ScanCommitter:
         written, sums = [], {}
         for suffix in list(arrays):
             arr, dtype = arrays.pop(suffix)  # each full-size array is released once written
-            digest = hashlib.sha256()  # of the bytes as written: no reading back
-            path = write_nifti(out / f"{job.stem}_{name}{suffix}.nii.gz", arr, grid.affine, dtype=dtype, direct=True, digest=digest)
+            if suffix == "" and self.dicom is not None:
+                src = read_source_series(job.source, job.series_uid) if Path(job.source).is_dir() else None
+                path, source["dicom_output"] = write_ct_series(
+                    out / f"{job.stem}_{name}_dicom", arr, grid.affine, source=src, study=self.dicom.study,
+                    description=self.dicom.description, derivation=self.dicom.derivation)
+                sums[path.name] = sha256_of(path)
+            else:
+                digest = hashlib.sha256()  # of the bytes as written: no reading back
+                path = write_nifti(out / f"{job.stem}_{name}{suffix}.nii.gz", arr, grid.affine, dtype=dtype, direct=True,
+                                   digest=digest)
+                sums[path.name] = digest.hexdigest()
             del arr
             written.append(path)
-            sums[path.name] = digest.hexdigest()
         timings["write_s"] = round(time.perf_counter() - t0, 3)
         sidecar = {
             **self.provenance, "medgan_version": medgan.__version__, "task": name, "task_key": self.key,
@@ -368,13 +404,13 @@ class ScanCommitter:
         side = atomic_write_text(out / f"{job.stem}_{name}.json", text)
         sums[side.name] = hashlib.sha256(text.encode()).hexdigest()
         names = [p.name for p in written] + [side.name]
-        sizes = {n: (out / n).stat().st_size for n in names}
+        sizes = {n: _size(out / n) for n in names}
         stale = _stale_outputs(self.previous.get(job.stem), names, out)
         self._record(job, status="done", error=None, outputs=names, sha256=sums, sizes=sizes,
                      input_sha256=source["input_sha256"], timings=timings)
         for p in stale:  # outputs of an earlier run of this scan that this run does not make (e.g. _seg)
             logger.info("%s: removed, an output of an earlier run with other options", p)
-            p.unlink(missing_ok=True)
+            _remove(p)
         self.report.written[job.label] = [str(p) for p in [*written, side]]
         if self.on_result:
             self.on_result(job, [*written, side], None)
@@ -455,6 +491,7 @@ def run_batch(
     manifest: bool = True,
     tune_allocator: bool = True,
     on_result: Callable[[ScanJob, list[Path] | None, str | None], None] | None = None,
+    dicom: DicomOutput | None = None,
 ) -> BatchReport:
     """Run ``task`` over ``jobs`` (this rank's share), writing into ``output_dir``: job selection
     (:func:`select_jobs`), the staged executor (:class:`StagedExecutor`) and committing each
@@ -476,6 +513,8 @@ def run_batch(
             (:func:`medgan.inference.reuse_freed_memory`): process-wide and lasting, which is why
             it is an option of the batch and not done when a model is loaded.
         on_result: ``on_result(job, written_or_None, error_or_None)`` after each scan.
+        dicom: write the main output as a DICOM CT series (:class:`DicomOutput`); non-DICOM
+            inputs then need ``dicom.study`` (refused before anything is read otherwise).
 
     Memory is bounded whatever the number of scans: at most ``max_volumes`` full-resolution
     volumes are being read or written at once, and ``prefetch + workers + max_pending_writes``
@@ -494,12 +533,21 @@ def run_batch(
     device = getattr(task, "device", "cpu")
     if tune_allocator and getattr(device, "type", str(device)) == "cpu":
         reuse_freed_memory()
+    if dicom is not None and dicom.study is not None:
+        dicom.study.check("the study identifiers given")
+    if dicom is not None and dicom.study is None:
+        files = [str(j.source) for j in jobs if not Path(j.source).is_dir()]
+        if files:
+            raise VolumeError(StudyIdentifiers.missing_message(", ".join(files[:5]) + (" ..." if len(files) > 5 else "")))
     provenance = task.provenance()
+    if dicom is not None:  # a NIfTI run's key stays as it was: earlier manifests still resume
+        provenance["output_format"] = "dicom"
+        provenance["dicom"] = {"description": dicom.description, "study": dicom.study and vars(dicom.study)}
     key = task_key(provenance)
     man = Manifest(out, rank, world) if manifest else None
     todo, skipped, previous = select_jobs(task.name, key, jobs, out, man, rank, world)
     report = BatchReport(skipped=skipped)
-    commit = ScanCommitter(out, task, key, provenance, man, rank, previous, report, on_result)
+    commit = ScanCommitter(out, task, key, provenance, man, rank, previous, report, on_result, dicom)
     full_volumes = threading.Semaphore(max(1, max_volumes))
 
     def load(job: ScanJob, timings: dict) -> tuple[Grid, Any, dict]:

@@ -92,16 +92,33 @@ def translate(
     max_voxels: int = typer.Option(MAX_VOXELS, help="Refuse scans whose header gives more voxels (memory bound)."),
     series_uid: Optional[str] = typer.Option(None, help="DICOM folders: only this SeriesInstanceUID."),
     series_description: Optional[str] = typer.Option(None, help="DICOM folders: only series whose description matches this glob."),
+    output_format: str = typer.Option("nifti", help="nifti, or dicom: the sCT as a DICOM CT series in the MR's study."),
+    patient_id: Optional[str] = typer.Option(None, help="DICOM output of a non-DICOM input: PatientID."),
+    study_uid: Optional[str] = typer.Option(None, help="DICOM output of a non-DICOM input: StudyInstanceUID."),
+    frame_of_reference_uid: Optional[str] = typer.Option(None, help="DICOM output of a non-DICOM input: the MR's FrameOfReferenceUID."),
+    patient_name: str = typer.Option("", help="DICOM output of a non-DICOM input: PatientName."),
+    patient_birth_date: str = typer.Option("", help="DICOM output of a non-DICOM input: PatientBirthDate (YYYYMMDD)."),
+    patient_sex: str = typer.Option("", help="DICOM output of a non-DICOM input: PatientSex (M, F, O)."),
+    study_date: str = typer.Option("", help="DICOM output of a non-DICOM input: StudyDate (YYYYMMDD)."),
+    accession_number: str = typer.Option("", help="DICOM output of a non-DICOM input: AccessionNumber."),
 ) -> None:
     """Translate whole volumes; outputs sit on each input's grid. A manifest in the output folder
     makes a rerun skip finished scans. Under `torchrun --nproc-per-node N -m medgan translate ...`
-    each rank takes its share. Exit code 1 if any scan failed."""
+    each rank takes its share. Exit code 1 if any scan failed. With `--output-format dicom` each
+    sCT is a DICOM CT series: from a DICOM MR it joins the MR's study and frame of reference,
+    one slice on each MR slice; from NIfTI/NRRD/MHA pass --patient-id and --study-uid."""
     try:
+        from medgan.io.dicom_write import StudyIdentifiers
         from medgan.pipelines.cyclegan.translate import translate as run
 
+        study = None
+        if patient_id or study_uid:
+            study = StudyIdentifiers(
+                patient_id or "", study_uid or "", patient_name, patient_birth_date, patient_sex, study_date,
+                accession_number, frame_of_reference_uid)
         report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=_show_result,
                      prefetch=prefetch, workers=workers, max_voxels=max_voxels, series_uid=series_uid,
-                     series_description=series_description)
+                     series_description=series_description, output_format=output_format, study=study)
     except USER_ERRORS as err:
         _fail(err)
     _finish_batch(report, "translated")

@@ -97,6 +97,8 @@ def write_dicom_series(folder: Path, array: np.ndarray, spacing=(1.0, 1.0, 2.0),
             "0020|0013": str(first_index + k + 1), "0020|0037": "1\\0\\0\\0\\1\\0",
             "0020|0032": f"{origin[0]}\\{origin[1] + k * tilt_mm_per_slice}\\{z}", "0028|0030": f"{spacing[1]}\\{spacing[0]}",
             "0018|0050": str(spacing[2]), "0008|0018": f"{series_uid}.{first_index + k + 1}",
+            "0010|0020": "MEDGAN-TEST-01", "0010|0010": "Test^Patient", "0020|0052": "1.2.826.0.1.3680043.2.1125.9",
+            "0018|5100": "HFS", "0008|0050": "ACC42",
         }
         for key, value in tags.items():
             sl.SetMetaData(key, value)

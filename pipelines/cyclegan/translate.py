@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
+import medgan
+from medgan.batch import MAX_VOXELS, BatchReport, DicomOutput, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.masks import mr_body_mask
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
+from medgan.io.dicom_write import StudyIdentifiers
 from medgan.pipelines.cyclegan.config import CycleGANConfig
 from medgan.pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
 from medgan.pipelines.cyclegan.trainer import domain_preprocessor
@@ -187,13 +189,35 @@ def translate(
     checkpoint: str | Path, inputs: list[str | Path], output_dir: str | Path, direction: str,
     segment: bool = False, device: str = "auto", on_result=None,  # noqa: ANN001
     prefetch: int = 2, series_uid: str | None = None, series_description: str | None = None,
-    workers: int | None = None, max_voxels: int | None = MAX_VOXELS,
+    workers: int | None = None, max_voxels: int | None = MAX_VOXELS, output_format: str = "nifti",
+    study: StudyIdentifiers | None = None,
 ) -> BatchReport:
     """Translate every scan named by ``inputs`` (files, folders, globs, DICOM folders) into
     ``output_dir``, with a manifest; finished scans of an earlier run are skipped. Under
     ``torchrun`` each rank takes its share. A scan that fails is recorded and the batch goes on;
-    ``on_result(job, written_or_None, error_or_None)`` is called after each scan."""
-    task = Translator(checkpoint, rank_device(device)).task(direction, segment)
+    ``on_result(job, written_or_None, error_or_None)`` is called after each scan.
+
+    ``output_format="dicom"`` writes each synthetic CT as a DICOM CT series
+    (``{stem}_mr2ct_dicom/``, see :func:`medgan.io.dicom_write.write_ct_series`) in the source
+    MR's study and frame of reference; non-DICOM inputs need ``study``.
+
+    Raises:
+        ValueError: DICOM output of a direction whose target is not CT (HU), or an unknown format.
+        VolumeError: DICOM output of non-DICOM inputs without ``study``.
+    """
+    translator = Translator(checkpoint, rank_device(device))
+    task = translator.task(direction, segment)
+    dicom = None
+    if output_format == "dicom":
+        if translator.config.domain(task.tgt).intensity.kind != "window":
+            raise ValueError(f"--output-format dicom writes CT series in HU; {task.tgt} is not a CT domain of this model")
+        dicom = DicomOutput(
+            description=f"sCT medgan {medgan.__version__} {translator.folder.name}",
+            derivation=(f"synthetic CT from {task.src} by medgan {medgan.__version__}: {task.src}->{task.tgt} generator of "
+                        f"checkpoint {translator.folder.name} (CycleGAN, Zhu et al. 2017)"),
+            study=study)
+    elif output_format != "nifti":
+        raise ValueError(f"unknown output format {output_format!r}; use nifti or dicom")
     jobs = plan_jobs(list(inputs), series_uid, series_description)
     return run_batch(task, jobs, output_dir, prefetch=prefetch, workers=workers, max_voxels=max_voxels,
-                     on_result=on_result)  # rank and world from torchrun
+                     on_result=on_result, dicom=dicom)  # rank and world from torchrun
