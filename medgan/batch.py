@@ -71,7 +71,7 @@ from medgan.io import (
     strip_image_suffix,
     write_nifti,
 )
-from medgan.io.dicom_write import StudyIdentifiers, read_source_series, write_ct_series
+from medgan.io.dicom_write import StudyIdentifiers, read_source_series, write_ct_series, write_seg
 
 logger = logging.getLogger(__name__)
 
@@ -320,6 +320,8 @@ class DicomOutput:
     description: str
     derivation: str
     study: StudyIdentifiers | None = None
+    #: the segmenter's class names: the ``_seg`` output becomes a DICOM-SEG referencing the series
+    classes: tuple[str, ...] = ()
 
 
 def _stale_outputs(record: dict | None, names: list[str], out: Path) -> list[Path]:
@@ -385,6 +387,11 @@ class ScanCommitter:
                 path, source["dicom_output"] = write_ct_series(
                     out / f"{job.stem}_{name}_dicom", arr, grid.affine, source=src, study=self.dicom.study,
                     description=self.dicom.description, derivation=self.dicom.derivation)
+                sums[path.name] = sha256_of(path)
+            elif suffix == "_seg" and self.dicom is not None and self.dicom.classes:
+                ct = out / f"{job.stem}_{name}_dicom"
+                path = write_seg(out / f"{job.stem}_{name}_seg.dcm", arr, grid.affine, self.dicom.classes, ct,
+                                 self.dicom.description)
                 sums[path.name] = sha256_of(path)
             else:
                 digest = hashlib.sha256()  # of the bytes as written: no reading back

@@ -134,9 +134,9 @@ def test_write_ct_series_refuses_what_it_cannot_write_exactly(tmp_path):
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) is not installed")
 def test_dciodvfy_finds_no_errors(tmp_path, tiny_checkpoint):
     write_dicom_series(tmp_path / "mr", _mr((24, 20, 4)), spacing=(1.5, 1.5, 2.0))
-    rep = translate(tiny_checkpoint, [tmp_path / "mr"], tmp_path / "out", "mr2ct", output_format="dicom")
+    rep = translate(tiny_checkpoint, [tmp_path / "mr"], tmp_path / "out", "mr2ct", output_format="dicom", segment=True)
     assert rep.ok, rep.failed
-    for f in sorted((tmp_path / "out/mr_mr2ct_dicom").iterdir()):
+    for f in [*sorted((tmp_path / "out/mr_mr2ct_dicom").iterdir()), tmp_path / "out/mr_mr2ct_seg.dcm"]:
         res = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
         errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"{f.name}: {errors}"
@@ -161,3 +161,31 @@ def test_shared_oblique_series_reads_back_on_the_input_grid(tmp_path, tiny_check
     back = read_volume(folder)  # medgan's reader: the same grid as the MR's
     np.testing.assert_allclose(back.affine, vol.affine, atol=1e-3)
     assert back.array.shape == vol.array.shape
+
+
+def test_segment_gives_a_dicom_seg_referencing_the_sct_series(tmp_path, tiny_checkpoint):
+    import highdicom as hd
+
+    affine = axcodes_affine("LPS", (2, 2.5, 4))
+    src = write_nifti_file(tmp_path / "in.nii.gz", _mr(), affine)
+    study = StudyIdentifiers("P-7", "1.2.826.0.1.3680043.8.498.1")
+    rep = translate(tiny_checkpoint, [src], tmp_path / "out", "mr2ct", output_format="dicom", study=study, segment=True)
+    assert rep.ok, rep.failed
+    seg = hd.seg.segread(tmp_path / "out/in_mr2ct_seg.dcm")
+    cts = _files(tmp_path / "out/in_mr2ct_dicom")
+    tr = Translator(tiny_checkpoint, "cpu")
+    labels = tr.translate_volume(read_volume(src), "mr2ct", segment=True).labels
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == study.study_instance_uid
+    assert seg.FrameOfReferenceUID == cts[0].FrameOfReferenceUID
+    refs = {str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
+    assert refs == {str(d.SOPInstanceUID) for d in cts}
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == tr.classes
+    liver = seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0]
+    assert (liver.CodeValue, liver.CodingSchemeDesignator) == ("10200004", "SCT")
+    # each class's frames are that class's voxels of the labels, at the CT slice they reference
+    for c in range(1, len(tr.classes) + 1):
+        for d in cts:
+            k = int(round(np.linalg.solve(affine, [*np.diag([-1, -1, 1]) @ np.asarray(d.ImagePositionPatient, float), 1])[2]))
+            mask = seg.get_pixels_by_source_instance([str(d.SOPInstanceUID)], segment_numbers=[c],
+                                                     ignore_spatial_locations=True)[0, :, :, 0]
+            np.testing.assert_array_equal(mask.T.astype(bool), labels[:, :, k] == c)

@@ -175,7 +175,6 @@ def write_ct_series(
     Raises:
         VolumeError: no identifiers, a sheared grid, HU outside int16, or an unwritable folder.
     """
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -315,3 +314,81 @@ def write_ct_series(
     if source is None and study is not None and not study.frame_of_reference_uid:
         notes["frame_of_reference"] = "new: no --frame-of-reference-uid was given, so the sCT does not share the MR's"
     return out, notes
+
+
+#: SNOMED CT codes (scheme SCT) of the classes medgan's class maps name, for DICOM-SEG segments;
+#: a class not listed gets the generic "Tissue" type and keeps its name as the segment label
+SNOMED_ANATOMY = {
+    "liver": ("10200004", "Liver"), "spleen": ("78961009", "Spleen"), "kidney": ("64033007", "Kidney"),
+    "kidney_right": ("9846003", "Right kidney"), "kidney_left": ("18639004", "Left kidney"),
+    "pancreas": ("15776009", "Pancreas"), "stomach": ("69695003", "Stomach"), "gallbladder": ("28231008", "Gallbladder"),
+    "aorta": ("15825003", "Aorta"), "urinary_bladder": ("89837001", "Urinary bladder"), "heart": ("80891009", "Heart"),
+    "lung": ("39607008", "Lung"), "brain": ("12738006", "Brain"), "spinal_cord": ("2748008", "Spinal cord"),
+    "vertebrae": ("421060004", "Vertebral column"),
+}
+TISSUE = ("85756007", "Tissue")
+ANATOMICAL_STRUCTURE = ("123037004", "Anatomical Structure")
+
+
+def write_seg(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, classes: list[str],
+              ct_folder: str | os.PathLike, algorithm: str) -> Path:
+    """Write class indices ``labels (I, J, K)`` (0 = background, ``c`` = ``classes[c - 1]``) on the
+    grid ``affine`` (RAS, mm) as a DICOM Segmentation (highdicom, BINARY, one segment per class
+    present or not, SNOMED CT codes from :data:`SNOMED_ANATOMY`) referencing the CT series in
+    ``ct_folder`` (written by :func:`write_ct_series` from the same grid); atomic.
+
+    Raises:
+        VolumeError: a CT slice of ``ct_folder`` that is not a slice of this grid.
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes  # noqa: F401 - registers the DCM/SCT coding schemes
+    from pydicom.uid import generate_uid
+
+    import medgan
+
+    out = Path(path)
+    cts = sorted((pydicom.dcmread(f) for f in Path(ct_folder).iterdir() if f.suffix == ".dcm"),
+                 key=lambda d: int(d.InstanceNumber))
+    _, _, normal, (_, _, sk) = slice_geometry(affine)
+    inv = np.linalg.inv(_LPS_TO_RAS @ affine)
+    frames = []
+    for d in cts:
+        ijk = inv[:3, :3] @ np.asarray(d.ImagePositionPatient, float) + inv[:3, 3]
+        k = int(round(ijk[2]))
+        if abs(ijk[2] - k) * sk > dicom_slice_tolerance_mm(sk) or not 0 <= k < labels.shape[2]:
+            raise VolumeError(f"{ct_folder}: CT slice {d.InstanceNumber} is not a slice of the segmentation's grid")
+        frames.append(labels[:, :, k].T)
+    pixels = np.stack(frames).astype(np.uint8)  # (frames, rows, columns)
+    descriptions = []
+    for c, name in enumerate(classes, start=1):
+        code, meaning = SNOMED_ANATOMY.get(name.lower(), TISSUE)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=c, segment_label=name[:64],
+            segmented_property_category=hd.sr.CodedConcept(*((ANATOMICAL_STRUCTURE[0], "SCT", ANATOMICAL_STRUCTURE[1])
+                                                            if (code, meaning) != TISSUE else (TISSUE[0], "SCT", TISSUE[1]))),
+            segmented_property_type=hd.sr.CodedConcept(code, "SCT", meaning),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name=algorithm[:64], version=medgan.__version__, family=hd.sr.CodedConcept("123109", "DCM", "Segmentation")),
+        ))
+    seg = hd.seg.Segmentation(
+        source_images=cts, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=902,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medgan", manufacturer_model_name="medgan",
+        software_versions=medgan.__version__, device_serial_number="0", series_description=f"{algorithm} labels"[:64],
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+    os.fchmod(fd, creation_mode())
+    try:
+        with os.fdopen(fd, "wb") as f:
+            seg.save_as(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

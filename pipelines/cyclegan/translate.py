@@ -215,7 +215,7 @@ def translate(
             description=f"sCT medgan {medgan.__version__} {translator.folder.name}",
             derivation=(f"synthetic CT from {task.src} by medgan {medgan.__version__}: {task.src}->{task.tgt} generator of "
                         f"checkpoint {translator.folder.name} (CycleGAN, Zhu et al. 2017)"),
-            study=study)
+            study=study, classes=tuple(translator.classes) if segment else ())
     elif output_format != "nifti":
         raise ValueError(f"unknown output format {output_format!r}; use nifti or dicom")
     jobs = plan_jobs(list(inputs), series_uid, series_description)
