@@ -342,7 +342,6 @@ def write_seg(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, c
     """
     import highdicom as hd
     import pydicom
-    from pydicom.sr.codedict import codes  # noqa: F401 - registers the DCM/SCT coding schemes
     from pydicom.uid import generate_uid
 
     import medgan
