@@ -86,8 +86,8 @@ def test_sct_of_a_dicom_mr_joins_its_study_one_slice_on_each_mr_slice(tmp_path, 
     assert again.skipped and not again.written
 
 
-@pytest.mark.parametrize("affine", [axcodes_affine("LPS", (2, 2.5, 4)), oblique_affine((3, 2.5, 3.5))],
-                         ids=["LPS", "oblique"])
+@pytest.mark.parametrize("affine", [axcodes_affine("LPS", (2, 2.5, 4)), axcodes_affine("LAS", (1.25, 1.25, 7.7)),
+                                    oblique_affine((3, 2.5, 3.5))], ids=["LPS", "LAS", "oblique"])
 def test_sct_of_a_nifti_needs_study_identifiers_and_reads_back_on_its_grid(tmp_path, tiny_checkpoint, affine):
     src = write_nifti_file(tmp_path / "in.nii.gz", _mr(), affine)
     with pytest.raises(VolumeError, match=r"in\.nii\.gz.*--patient-id and --study-uid"):
