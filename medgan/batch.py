@@ -100,6 +100,8 @@ class VolumeTask(Protocol):
 
     def provenance(self) -> dict: ...
 
+    # optional: ``sidecar(prepared, result) -> dict`` of per-scan figures for the sidecar
+
 
 @dataclass(frozen=True)
 class ScanJob:
@@ -583,6 +585,8 @@ def run_batch(
         try:
             with full_volumes:
                 t0 = time.perf_counter()
+                if hasattr(task, "sidecar"):
+                    source.update(task.sidecar(prepared, result))
                 arrays = task.finish(grid, prepared, result)
                 del prepared, result
                 commit.commit(job, grid, source, arrays, timings, t0)

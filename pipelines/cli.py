@@ -101,6 +101,7 @@ def translate(
     patient_sex: str = typer.Option("", help="DICOM output of a non-DICOM input: PatientSex (M, F, O)."),
     study_date: str = typer.Option("", help="DICOM output of a non-DICOM input: StudyDate (YYYYMMDD)."),
     accession_number: str = typer.Option("", help="DICOM output of a non-DICOM input: AccessionNumber."),
+    tta: int = typer.Option(0, help="Test-time augmentation over N flips (2..8): mean output and a _std map (HU)."),
 ) -> None:
     """Translate whole volumes; outputs sit on each input's grid. A manifest in the output folder
     makes a rerun skip finished scans. Under `torchrun --nproc-per-node N -m medgan translate ...`
@@ -118,7 +119,7 @@ def translate(
                 accession_number, frame_of_reference_uid)
         report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=_show_result,
                      prefetch=prefetch, workers=workers, max_voxels=max_voxels, series_uid=series_uid,
-                     series_description=series_description, output_format=output_format, study=study)
+                     series_description=series_description, output_format=output_format, study=study, tta=tta)
     except USER_ERRORS as err:
         _fail(err)
     _finish_batch(report, "translated")

@@ -31,6 +31,9 @@ from medgan.pipelines.cyclegan.trainer import domain_preprocessor
 AIR_HU = -1000.0
 """What a synthetic CT holds outside the MR's body mask (``inference.air_outside_body``)."""
 
+#: test-time augmentation: flips of the (B, C, D, H, W) tensor's spatial axes, in the order used
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
 
 @dataclass
 class Translated:
@@ -112,9 +115,9 @@ class Translator:
         seg = self.segment_tensor(image.as_tensor()[None], domain)[0]
         return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
 
-    def task(self, direction: str, segment: bool = False) -> CycleGANTask:
+    def task(self, direction: str, segment: bool = False, tta: int = 0) -> CycleGANTask:
         """The batch task translating ``direction`` (see :func:`medgan.batch.run_batch`)."""
-        return CycleGANTask(self, direction, segment)
+        return CycleGANTask(self, direction, segment, tta)
 
     def translate_file(self, path: str | Path, output_dir: str | Path, direction: str, segment: bool = False) -> list[Path]:
         """Read, translate and write ``{stem}_{direction}.nii.gz`` (+ ``_seg`` and a JSON sidecar).
@@ -133,15 +136,28 @@ class Translator:
 class CycleGANTask:
     """:class:`medgan.batch.VolumeTask` for one direction: prepare = to the training frame,
     run = generator (+ target segmenter) in sliding windows, finish = back to HU / MR units on
-    the input's grid."""
+    the input's grid.
 
-    def __init__(self, translator: Translator, direction: str, segment: bool = False) -> None:
+    ``tta`` >= 2: test-time augmentation over the first ``tta`` flips of :data:`TTA_FLIPS`
+    (identity first): each flipped input is translated and flipped back, the output is their
+    mean, and ``_std`` is the per-voxel standard deviation over them in the target's units (HU for
+    a synthetic CT); with ``segment`` its mean inside each segmented class goes into the sidecar
+    (``tta_std_mean``). The segmenter runs on the mean.
+
+    Raises:
+        ValueError: ``segment`` without segmenters, or ``tta`` outside 0..8.
+    """
+
+    def __init__(self, translator: Translator, direction: str, segment: bool = False, tta: int = 0) -> None:
         self.tr, self.segment = translator, segment
         self.src, self.tgt = translator.parse_direction(direction)
         self.name = f"{self.src}2{self.tgt}".lower()
         self.device = translator.device
         if segment and not translator.classes:
             raise ValueError(f"{translator.folder}: --segment needs a model with segmenters (no classes configured)")
+        if not 0 <= tta <= len(TTA_FLIPS):
+            raise ValueError(f"--tta {tta}: use 0 (off) or 2..{len(TTA_FLIPS)} flips")
+        self.tta = tta if tta >= 2 else 0
 
     @property
     def air_outside_body(self) -> bool:
@@ -157,21 +173,52 @@ class CycleGANTask:
 
     def run(self, prepared) -> tuple[torch.Tensor, torch.Tensor | None]:  # noqa: ANN001
         image, _ = prepared
-        y = self.tr.translate_tensor(image.as_tensor()[None], f"{self.src}2{self.tgt}")
+        x = image.as_tensor()[None]
+        direction = f"{self.src}2{self.tgt}"
+        std = None
+        if self.tta:
+            ys = torch.stack([self.tr.translate_tensor(x.flip(f), direction).flip(f) if f else
+                              self.tr.translate_tensor(x, direction) for f in TTA_FLIPS[:self.tta]])
+            y, std = ys.mean(0), ys.std(0, unbiased=False)
+        else:
+            y = self.tr.translate_tensor(x, direction)
         seg = self.tr.segment_tensor(y, self.tgt) if self.segment else None
-        return y[0], (seg[0] if seg is not None else None)
+        return y[0], (seg[0] if seg is not None else None), (std[0] if std is not None else None)
 
     def finish(self, grid: Grid, prepared, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
-        (image, body), (y, seg) = prepared, result
+        (image, body), (y, seg, std) = prepared, result
         # the intensity map is affine and linear interpolation commutes with it: invert on the
         # small canonical tensor, then resample once onto the (large) input grid
-        units = self.tr.scaling[self.tgt].inverse(y.float())
+        scaling = self.tr.scaling[self.tgt]
+        units = scaling.inverse(y.float())
         if body is not None:
             units[:, ~body] = AIR_HU
         out = {"": (to_input_grid(units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)}
         if seg is not None:
             out["_seg"] = (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape), np.uint8)
+        if std is not None:
+            std_units = std.float() * 0.5 * (scaling.upper - scaling.lower)  # the scaling's slope
+            if body is not None:
+                std_units[:, ~body] = 0.0  # set to air in every pass
+            out["_std"] = (to_input_grid(std_units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)
         return out
+
+    def sidecar(self, prepared, result) -> dict:  # noqa: ANN001
+        """What the sidecar reports of this scan beyond the files: with ``tta`` and ``segment``,
+        the mean TTA standard deviation inside each segmented class (target units, on the
+        model's grid)."""
+        _, (_, seg, std) = prepared, result
+        if std is None:
+            return {}
+        scale = 0.5 * (self.tr.scaling[self.tgt].upper - self.tr.scaling[self.tgt].lower)
+        stats: dict = {"passes": self.tta, "flips": [list(f) for f in TTA_FLIPS[:self.tta]],
+                       "mean_std_in_volume": round(float(std.float().mean()) * scale, 3)}
+        if seg is not None:
+            s = std[0].float() * scale
+            stats["mean_std_per_class"] = {
+                name: round(float(s[seg == c].mean()), 3) for c, name in enumerate(self.tr.classes, start=1)
+                if bool((seg == c).any())}
+        return {"tta_std": stats}
 
     def provenance(self) -> dict:
         return {
@@ -182,6 +229,7 @@ class CycleGANTask:
             "units": "HU" if self.tr.config.domain(self.tgt).intensity.kind == "window" else f"{self.tgt} training scale",
             "target_range": [self.tr.scaling[self.tgt].lower, self.tr.scaling[self.tgt].upper],
             "classes": ["background", *self.tr.classes] if self.segment else None,
+            **({"tta": self.tta} if self.tta else {}),  # absent when off: earlier manifests still resume
         }
 
 
@@ -190,7 +238,7 @@ def translate(
     segment: bool = False, device: str = "auto", on_result=None,  # noqa: ANN001
     prefetch: int = 2, series_uid: str | None = None, series_description: str | None = None,
     workers: int | None = None, max_voxels: int | None = MAX_VOXELS, output_format: str = "nifti",
-    study: StudyIdentifiers | None = None,
+    study: StudyIdentifiers | None = None, tta: int = 0,
 ) -> BatchReport:
     """Translate every scan named by ``inputs`` (files, folders, globs, DICOM folders) into
     ``output_dir``, with a manifest; finished scans of an earlier run are skipped. Under
@@ -206,7 +254,7 @@ def translate(
         VolumeError: DICOM output of non-DICOM inputs without ``study``.
     """
     translator = Translator(checkpoint, rank_device(device))
-    task = translator.task(direction, segment)
+    task = translator.task(direction, segment, tta)
     dicom = None
     if output_format == "dicom":
         if translator.config.domain(task.tgt).intensity.kind != "window":

@@ -251,3 +251,38 @@ def test_evaluate_set_goes_past_a_broken_case_and_writes_every_table(tmp_path, t
     # a folder of translate outputs reads as a case list too (source and labels from the sidecar)
     folder = read_cases(tmp_path / "out", reference_dir=PHANTOM / "paired")
     assert [c.source for c in folder] == [mr] and folder[0].source_labels == labels
+
+
+def test_tta_undoes_each_flip_and_reports_the_spread(tmp_path, tiny_checkpoint, monkeypatch):
+    """An identity generator is flip-equivariant: every TTA pass must give back the same volume
+    (std 0), which fails if a flip is not undone. A generator that adds a ramp along D is not:
+    flipped passes differ and the std is the ramp's spread."""
+    tr = Translator(tiny_checkpoint, "cpu")
+    vol = read_volume(write_nifti_file(tmp_path / "in.nii.gz", _mr_like(), axcodes_affine("LPS", (2, 2.5, 4))))
+    task = CycleGANTask(tr, "mr2ct", segment=False, tta=4)
+    prepared = task.prepare(vol)
+    monkeypatch.setattr(tr, "translate_tensor", lambda x, direction: x)
+    _, _, std = task.run(prepared)
+    assert std.shape == prepared[0].shape and float(std.abs().max()) < 1e-6
+
+    def ramp(x, direction):
+        return x + torch.linspace(0, 0.2, x.shape[2]).view(1, 1, -1, 1, 1)
+
+    monkeypatch.setattr(tr, "translate_tensor", ramp)
+    y, _, std = task.run(prepared)
+    assert float(std.max()) > 0.05  # the D flip reverses the ramp
+    assert CycleGANTask(tr, "mr2ct", tta=0).run(prepared)[2] is None
+    with pytest.raises(ValueError, match="--tta 9"):
+        CycleGANTask(tr, "mr2ct", tta=9)
+
+
+def test_tta_writes_a_std_map_in_hu_and_per_class_means(tmp_path, tiny_checkpoint):
+    affine = oblique_affine((3, 3, 3))
+    src = write_nifti_file(tmp_path / "in.nii.gz", _mr_like(), affine)
+    rep = translate(tiny_checkpoint, [src], tmp_path / "out", "mr2ct", segment=True, tta=4)
+    assert rep.ok, rep.failed
+    std = nib.load(str(tmp_path / "out/in_mr2ct_std.nii.gz"))
+    assert std.shape == (30, 26, 18) and np.allclose(std.affine, affine, atol=1e-5)
+    assert float(np.asarray(std.dataobj).min()) >= 0 and float(np.asarray(std.dataobj).max()) > 0
+    side = json.loads((tmp_path / "out/in_mr2ct.json").read_text())
+    assert side["tta"] == 4 and side["tta_std"]["passes"] == 4 and side["tta_std"]["mean_std_per_class"]
