@@ -71,7 +71,7 @@ from medgan.io import (
     strip_image_suffix,
     write_nifti,
 )
-from medgan.io.dicom_write import StudyIdentifiers, read_source_series, write_ct_series, write_seg
+from medgan.io.dicom_write import DicomOutput
 
 logger = logging.getLogger(__name__)
 
@@ -313,17 +313,8 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
-class DicomOutput:
-    """Write the main output as a DICOM CT series (``{stem}_{task}_dicom/``) instead of NIfTI:
-    see :func:`medgan.io.dicom_write.write_ct_series`. ``study`` gives the identifiers of
-    non-DICOM inputs; a DICOM input's own are used."""
-
-    description: str
-    derivation: str
-    study: StudyIdentifiers | None = None
-    #: the segmenter's class names: the ``_seg`` output becomes a DICOM-SEG referencing the series
-    classes: tuple[str, ...] = ()
+#: key of a scan's source-series headers between reading and committing (not in the sidecar)
+_DICOM_SOURCE = "_dicom_source"
 
 
 def _stale_outputs(record: dict | None, names: list[str], out: Path) -> list[Path]:
@@ -382,26 +373,19 @@ class ScanCommitter:
                t0: float) -> None:
         out, name = self.out, self.task.name
         written, sums = [], {}
+        dicom_source = source.pop(_DICOM_SOURCE, None)
+        if self.dicom is not None:
+            for path in self.dicom.write(out, f"{job.stem}_{name}", arrays, grid.affine, dicom_source, source):
+                written.append(path)
+                sums[path.name] = sha256_of(path)  # small files, read back once
         for suffix in list(arrays):
             arr, dtype = arrays.pop(suffix)  # each full-size array is released once written
-            if suffix == "" and self.dicom is not None:
-                src = read_source_series(job.source, job.series_uid) if Path(job.source).is_dir() else None
-                path, source["dicom_output"] = write_ct_series(
-                    out / f"{job.stem}_{name}_dicom", arr, grid.affine, source=src, study=self.dicom.study,
-                    description=self.dicom.description, derivation=self.dicom.derivation)
-                sums[path.name] = sha256_of(path)
-            elif suffix == "_seg" and self.dicom is not None and self.dicom.classes:
-                ct = out / f"{job.stem}_{name}_dicom"
-                path = write_seg(out / f"{job.stem}_{name}_seg.dcm", arr, grid.affine, self.dicom.classes, ct,
-                                 self.dicom.description)
-                sums[path.name] = sha256_of(path)
-            else:
-                digest = hashlib.sha256()  # of the bytes as written: no reading back
-                path = write_nifti(out / f"{job.stem}_{name}{suffix}.nii.gz", arr, grid.affine, dtype=dtype, direct=True,
-                                   digest=digest)
-                sums[path.name] = digest.hexdigest()
+            digest = hashlib.sha256()  # of the bytes as written: no reading back
+            path = write_nifti(out / f"{job.stem}_{name}{suffix}.nii.gz", arr, grid.affine, dtype=dtype, direct=True,
+                               digest=digest)
             del arr
             written.append(path)
+            sums[path.name] = digest.hexdigest()
         timings["write_s"] = round(time.perf_counter() - t0, 3)
         sidecar = {
             **self.provenance, "medgan_version": medgan.__version__, "task": name, "task_key": self.key,
@@ -542,16 +526,10 @@ def run_batch(
     device = getattr(task, "device", "cpu")
     if tune_allocator and getattr(device, "type", str(device)) == "cpu":
         reuse_freed_memory()
-    if dicom is not None and dicom.study is not None:
-        dicom.study.check("the study identifiers given")
-    if dicom is not None and dicom.study is None:
-        files = [str(j.source) for j in jobs if not Path(j.source).is_dir()]
-        if files:
-            raise VolumeError(StudyIdentifiers.missing_message(", ".join(files[:5]) + (" ..." if len(files) > 5 else "")))
-    provenance = task.provenance()
-    if dicom is not None:  # a NIfTI run's key stays as it was: earlier manifests still resume
-        provenance["output_format"] = "dicom"
-        provenance["dicom"] = {"description": dicom.description, "study": dicom.study and vars(dicom.study)}
+    if dicom is not None:
+        dicom.check([j.source for j in jobs])
+    # a NIfTI run's key stays as it was (no output-format key): earlier manifests still resume
+    provenance = {**task.provenance(), **(dicom.provenance() if dicom is not None else {})}
     key = task_key(provenance)
     man = Manifest(out, rank, world) if manifest else None
     todo, skipped, previous = select_jobs(task.name, key, jobs, out, man, rank, world)
@@ -567,6 +545,8 @@ def run_batch(
             vol = read_volume(job.source, series_uid=job.series_uid, as_float=False, max_voxels=max_voxels,
                               check_values=getattr(task, "check_values", True))
             source["input_geometry"] = vol.notes
+            if dicom is not None:  # the headers the DICOM output copies; fails before the model runs
+                source[_DICOM_SOURCE] = dicom.read_source(job.source, job.series_uid)
             prepared = task.prepare(vol)
             timings["read_s"] = round(time.perf_counter() - t0, 3)
             return vol.grid, prepared, source  # the voxels are not kept: memory stays bounded

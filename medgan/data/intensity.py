@@ -41,7 +41,12 @@ class IntensityScaling:
 
     def inverse(self, y):  # noqa: ANN001, ANN201
         """[-1, 1] -> physical units (exact inverse inside ``[lower, upper]``)."""
-        return (y + 1.0) * 0.5 * (self.upper - self.lower) + self.lower
+        return (y + 1.0) * self.slope + self.lower
+
+    @property
+    def slope(self) -> float:
+        """Physical units per unit of the [-1, 1] scale (e.g. HU per unit): scales a spread."""
+        return 0.5 * (self.upper - self.lower)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -170,7 +170,8 @@ def write_ct_series(
         study: identifiers for a non-DICOM input (required then).
 
     Returns:
-        ``(folder, notes)``; ``notes`` has the series UID, the number of slices and any skipped grid slices.
+        ``(folder, notes, datasets)``: ``notes`` has the series UID, the number of slices and any
+        skipped grid slices; ``datasets`` are the written slices (for :func:`write_seg`).
 
     Raises:
         VolumeError: no identifiers, a sheared grid, HU outside int16, or an unwritable folder.
@@ -264,7 +265,7 @@ def write_ct_series(
     except OSError as err:
         raise VolumeError(f"{out}: cannot write to {out.parent} ({err})") from err
     pixels = np.rint(hu).astype(np.int16)
-    n = 0
+    n, written = 0, []
     try:
         for k in range(hu.shape[2]):
             if k in skipped:
@@ -288,6 +289,7 @@ def write_ct_series(
             ds.PixelData = np.ascontiguousarray(pixels[:, :, k].T).tobytes()  # rows along j, columns along i
             f = tmp / f"CT{n:05d}.dcm"
             ds.save_as(f, enforce_file_format=True)
+            written.append(ds)
             fd = os.open(f, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -313,7 +315,7 @@ def write_ct_series(
                                       "slice per recorded MR slice"}
     if source is None and study is not None and not study.frame_of_reference_uid:
         notes["frame_of_reference"] = "new: no --frame-of-reference-uid was given, so the sCT does not share the MR's"
-    return out, notes
+    return out, notes, written
 
 
 #: SNOMED CT codes (scheme SCT) of the classes medgan's class maps name, for DICOM-SEG segments;
@@ -331,24 +333,21 @@ ANATOMICAL_STRUCTURE = ("123037004", "Anatomical Structure")
 
 
 def write_seg(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, classes: list[str],
-              ct_folder: str | os.PathLike, algorithm: str) -> Path:
+              cts: list, algorithm: str) -> Path:  # noqa: ANN001 - pydicom Datasets
     """Write class indices ``labels (I, J, K)`` (0 = background, ``c`` = ``classes[c - 1]``) on the
     grid ``affine`` (RAS, mm) as a DICOM Segmentation (highdicom, BINARY, one segment per class
-    present or not, SNOMED CT codes from :data:`SNOMED_ANATOMY`) referencing the CT series in
-    ``ct_folder`` (written by :func:`write_ct_series` from the same grid); atomic.
+    present or not, SNOMED CT codes from :data:`SNOMED_ANATOMY`) referencing the CT slices
+    ``cts`` (the datasets :func:`write_ct_series` wrote from the same grid); atomic.
 
     Raises:
-        VolumeError: a CT slice of ``ct_folder`` that is not a slice of this grid.
+        VolumeError: a CT slice that is not a slice of this grid.
     """
     import highdicom as hd
-    import pydicom
     from pydicom.uid import generate_uid
 
     import medgan
 
     out = Path(path)
-    cts = sorted((pydicom.dcmread(f) for f in Path(ct_folder).iterdir() if f.suffix == ".dcm"),
-                 key=lambda d: int(d.InstanceNumber))
     _, _, normal, (_, _, sk) = slice_geometry(affine)
     inv = np.linalg.inv(_LPS_TO_RAS @ affine)
     frames = []
@@ -356,7 +355,7 @@ def write_seg(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, c
         ijk = inv[:3, :3] @ np.asarray(d.ImagePositionPatient, float) + inv[:3, 3]
         k = int(round(ijk[2]))
         if abs(ijk[2] - k) * sk > dicom_slice_tolerance_mm(sk) or not 0 <= k < labels.shape[2]:
-            raise VolumeError(f"{ct_folder}: CT slice {d.InstanceNumber} is not a slice of the segmentation's grid")
+            raise VolumeError(f"{out}: CT slice {d.InstanceNumber} is not a slice of the segmentation's grid")
         frames.append(labels[:, :, k].T)
     pixels = np.stack(frames).astype(np.uint8)  # (frames, rows, columns)
     descriptions = []
@@ -391,3 +390,54 @@ def write_seg(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, c
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+@dataclass(frozen=True)
+class DicomOutput:
+    """A batch's DICOM output (see :func:`medgan.batch.run_batch`): the main output becomes a CT
+    series ``{stem}_{task}_dicom/`` (:func:`write_ct_series`) and, when ``classes`` are given, the
+    ``_seg`` output a DICOM-SEG ``{stem}_{task}_seg.dcm`` referencing it (:func:`write_seg`).
+    ``study`` gives the identifiers of non-DICOM inputs; a DICOM input's own are used."""
+
+    description: str
+    derivation: str
+    study: StudyIdentifiers | None = None
+    classes: tuple[str, ...] = ()
+
+    def check(self, sources: list[Path]) -> None:
+        """Refuse, before anything is read, what cannot be written: invalid identifiers, or
+        non-DICOM ``sources`` without ``study``.
+
+        Raises:
+            VolumeError: naming the files and the options to pass.
+        """
+        if self.study is not None:
+            self.study.check("the study identifiers given")
+            return
+        files = [str(p) for p in sources if not Path(p).is_dir()]
+        if files:
+            raise VolumeError(StudyIdentifiers.missing_message(", ".join(files[:5]) + (" ..." if len(files) > 5 else "")))
+
+    def provenance(self) -> dict:
+        return {"output_format": "dicom", "dicom": {"description": self.description, "study": self.study and vars(self.study)}}
+
+    def read_source(self, source: Path, series_uid: str | None) -> SourceSeries | None:
+        """The source series' headers for a DICOM folder input (read with the scan, so a series
+        the output cannot be written for fails before the model runs); ``None`` for files."""
+        return read_source_series(source, series_uid) if Path(source).is_dir() else None
+
+    def write(self, out: Path, prefix: str, arrays: dict, affine: np.ndarray, source: SourceSeries | None,
+              sidecar: dict) -> list[Path]:
+        """Write the main output (``arrays[""]``) and, with ``classes``, ``arrays["_seg"]`` (both
+        popped from ``arrays``; the rest are left to the caller) as ``{prefix}_dicom/`` and
+        ``{prefix}_seg.dcm``; the series' notes go to ``sidecar["dicom_output"]``."""
+        hu, _ = arrays.pop("")
+        folder, sidecar["dicom_output"], cts = write_ct_series(
+            out / f"{prefix}_dicom", hu, affine, source=source, study=self.study, description=self.description,
+            derivation=self.derivation)
+        del hu
+        written = [folder]
+        if self.classes and "_seg" in arrays:
+            labels, _ = arrays.pop("_seg")
+            written.append(write_seg(out / f"{prefix}_seg.dcm", labels, affine, list(self.classes), cts, self.description))
+        return written

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 import medgan
-from medgan.batch import MAX_VOXELS, BatchReport, DicomOutput, plan_jobs, rank_device, run_batch
+from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.masks import mr_body_mask
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
-from medgan.io.dicom_write import StudyIdentifiers
+from medgan.io.dicom_write import DicomOutput, StudyIdentifiers
 from medgan.pipelines.cyclegan.config import CycleGANConfig
 from medgan.pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
 from medgan.pipelines.cyclegan.trainer import domain_preprocessor
@@ -142,7 +142,7 @@ class CycleGANTask:
     (identity first): each flipped input is translated and flipped back, the output is their
     mean, and ``_std`` is the per-voxel standard deviation over them in the target's units (HU for
     a synthetic CT); with ``segment`` its mean inside each segmented class goes into the sidecar
-    (``tta_std_mean``). The segmenter runs on the mean.
+    (``tta_std``). The segmenter runs on the mean.
 
     Raises:
         ValueError: ``segment`` without segmenters, or ``tta`` outside 0..8.
@@ -197,7 +197,7 @@ class CycleGANTask:
         if seg is not None:
             out["_seg"] = (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape), np.uint8)
         if std is not None:
-            std_units = std.float() * 0.5 * (scaling.upper - scaling.lower)  # the scaling's slope
+            std_units = std.float() * scaling.slope
             if body is not None:
                 std_units[:, ~body] = 0.0  # set to air in every pass
             out["_std"] = (to_input_grid(std_units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)
@@ -210,7 +210,7 @@ class CycleGANTask:
         _, (_, seg, std) = prepared, result
         if std is None:
             return {}
-        scale = 0.5 * (self.tr.scaling[self.tgt].upper - self.tr.scaling[self.tgt].lower)
+        scale = self.tr.scaling[self.tgt].slope
         stats: dict = {"passes": self.tta, "flips": [list(f) for f in TTA_FLIPS[:self.tta]],
                        "mean_std_in_volume": round(float(std.float().mean()) * scale, 3)}
         if seg is not None:
