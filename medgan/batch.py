@@ -100,7 +100,8 @@ class VolumeTask(Protocol):
 
     def provenance(self) -> dict: ...
 
-    # optional: ``sidecar(prepared, result) -> dict`` of per-scan figures for the sidecar
+    # optional: ``report(prepared, result) -> (dict, {suffix: bytes})``: per-scan fields for the
+    # sidecar, and extra files (a QA figure) written as ``{stem}_{name}{suffix}``
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,26 @@ class BatchReport:
     written: dict[str, list[str]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: the batch's QA page, when one was written (``medgan translate --qa``)
+    qa_page: Path | None = None
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+def done_sidecars(output_dir: str | os.PathLike, task_name: str) -> list[Path]:
+    """Sidecars of every scan in ``output_dir`` whose latest manifest record (any rank) for
+    ``task_name`` is done, resumed runs' included: what a batch-wide page covers."""
+    out = Path(output_dir)
+    found = []
+    for (stem, task), rec in Manifest(out, 0, 1).records().items():
+        if task != task_name or rec.get("status") != "done":
+            continue
+        side = file_in_folder(out, f"{stem}_{task}.json")
+        if side is not None and side.name in (rec.get("outputs") or []):
+            found.append(side)
+    return sorted(found)
 
 
 def _safe(name: str) -> str:
@@ -370,9 +387,13 @@ class ScanCommitter:
             self.on_result(job, None, msg)
 
     def commit(self, job: ScanJob, grid: Grid, source: dict, arrays: dict[str, tuple[np.ndarray, type]], timings: dict,
-               t0: float) -> None:
+               t0: float, files: dict[str, bytes] | None = None) -> None:
         out, name = self.out, self.task.name
         written, sums = [], {}
+        for suffix, data in (files or {}).items():  # small extra files (a QA figure)
+            path = atomic_write_text(out / f"{job.stem}_{name}{suffix}", data)
+            written.append(path)
+            sums[path.name] = hashlib.sha256(data).hexdigest()
         dicom_source = source.pop(_DICOM_SOURCE, None)
         if self.dicom is not None:
             for path in self.dicom.write(out, f"{job.stem}_{name}", arrays, grid.affine, dicom_source, source):
@@ -565,11 +586,13 @@ def run_batch(
         try:
             with full_volumes:
                 t0 = time.perf_counter()
-                if hasattr(task, "sidecar"):
-                    source.update(task.sidecar(prepared, result))
+                files: dict[str, bytes] = {}
+                if hasattr(task, "report"):
+                    fields, files = task.report(prepared, result)
+                    source.update(fields)
                 arrays = task.finish(grid, prepared, result)
                 del prepared, result
-                commit.commit(job, grid, source, arrays, timings, t0)
+                commit.commit(job, grid, source, arrays, timings, t0, files)
         except Exception as err:  # noqa: BLE001 - one scan's failure must not stop the batch
             commit.fail(job, err, timings)
 

@@ -102,12 +102,15 @@ def translate(
     study_date: str = typer.Option("", help="DICOM output of a non-DICOM input: StudyDate (YYYYMMDD)."),
     accession_number: str = typer.Option("", help="DICOM output of a non-DICOM input: AccessionNumber."),
     tta: int = typer.Option(0, help="Test-time augmentation over N flips (2..8): mean output and a _std map (HU)."),
+    qa: bool = typer.Option(False, help="A QA sheet per scan (_qa.png, warnings in the sidecar) and qa.html for the batch."),
 ) -> None:
     """Translate whole volumes; outputs sit on each input's grid. A manifest in the output folder
     makes a rerun skip finished scans. Under `torchrun --nproc-per-node N -m medgan translate ...`
     each rank takes its share. Exit code 1 if any scan failed. With `--output-format dicom` each
     sCT is a DICOM CT series: from a DICOM MR it joins the MR's study and frame of reference,
-    one slice on each MR slice; from NIfTI/NRRD/MHA pass --patient-id and --study-uid."""
+    one slice on each MR slice; from NIfTI/NRRD/MHA pass --patient-id and --study-uid. With
+    `--qa` each scan gets a QA sheet (slices with outlines, HU histograms against the training
+    CTs, out-of-distribution and uncertainty warnings) and the folder a qa.html page."""
     try:
         from medgan.io.dicom_write import StudyIdentifiers
         from medgan.pipelines.cyclegan.translate import translate as run
@@ -119,9 +122,11 @@ def translate(
                 accession_number, frame_of_reference_uid)
         report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=_show_result,
                      prefetch=prefetch, workers=workers, max_voxels=max_voxels, series_uid=series_uid,
-                     series_description=series_description, output_format=output_format, study=study, tta=tta)
+                     series_description=series_description, output_format=output_format, study=study, tta=tta, qa=qa)
     except USER_ERRORS as err:
         _fail(err)
+    if report.qa_page is not None:
+        out.print(f"QA page: {report.qa_page}")
     _finish_batch(report, "translated")
 
 

@@ -33,7 +33,7 @@ from monai.transforms import (
 
 from medgan.data.intensity import IntensityScaling, ScalingKind, fit_scaling
 from medgan.data.labels import LabelMapper
-from medgan.io import Volume, read_label_map, read_volume
+from medgan.io import Grid, Volume, read_label_map, read_volume
 from medgan.keys import Keys
 
 
@@ -296,11 +296,37 @@ class DomainPreprocessor:
         img = to_canonical(volume, self.spacing_mm, "bilinear")
         return scaling.forward(img), scaling
 
+    def body_mask(self, image: torch.Tensor) -> np.ndarray:
+        """Body mask ``(D, H, W)`` bool of a model input ``(1, D, H, W)`` in [-1, 1]: above -500 HU
+        for a CT domain (``window``), the Otsu rule otherwise (:mod:`medgan.data.masks`)."""
+        from medgan.data.masks import body_mask, mr_body_mask
+
+        x = image[0].detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)[0]
+        if self.scaling_kind == "window":
+            return body_mask(IntensityScaling(*self.window).inverse(x))
+        return mr_body_mask(x)
+
+    def statistics(self, image: torch.Tensor, grid: Grid, body: np.ndarray, label: torch.Tensor | None = None) -> dict:
+        """:func:`medgan.qa.scan_statistics` of a model input ``image (1, D, H, W)`` with its
+        ``body`` mask, of a scan on ``grid``; for a CT domain with the HU histograms, per class
+        of ``label (1, D, H, W)`` when given."""
+        from medgan.qa import scan_statistics
+
+        x = image[0].detach().cpu().numpy()
+        ct = self.scaling_kind == "window"
+        classes = self.label_mapper.classes if self.label_mapper is not None and label is not None else ()
+        return scan_statistics(
+            x, body, self.spacing_mm, grid.affine, grid.shape,
+            hu=IntensityScaling(*self.window).inverse(x) if ct else None, window=tuple(self.window) if ct else None,
+            labels=label[0].detach().cpu().numpy().round().astype(np.int64) if classes else None, classes=classes)
+
     def training_volume(self, entry: dict, patch_size: Sequence[int], exclude_inferior: float = 0.0) -> tuple[dict, IntensityScaling]:
         """A datalist entry -> dict with ``image (1, D, H, W)``, ``label (1, D, H, W)`` class
-        indices (zeros when unlabelled), ``has_label`` and foreground/background indices, padded
-        to at least ``patch_size`` (image with -1, label with 0). ``exclude_inferior`` drops that
-        fraction of axial slices from the inferior end (a held-out slab) before padding."""
+        indices (zeros when unlabelled), ``has_label``, foreground/background indices, padded
+        to at least ``patch_size`` (image with -1, label with 0), and ``stats``
+        (:meth:`statistics` of the volume as trained on, for the checkpoint's out-of-distribution
+        checks). ``exclude_inferior`` drops that fraction of axial slices from the inferior end
+        (a held-out slab) before padding."""
         vol = read_volume(entry[Keys.IMAGE.value])
         image, scaling = self.image(vol)
         # without a label mapping (no classes configured) labels are not used: unsupervised CycleGAN
@@ -314,12 +340,14 @@ class DomainPreprocessor:
         if exclude_inferior > 0:
             k = held_out_slices(image.shape[-1], exclude_inferior)
             image, label = image[..., k:], label[..., k:]
+        stats = self.statistics(image, vol.grid, self.body_mask(image), label if label_path else None)
         image = SpatialPad(spatial_size=patch_size, value=-1.0)(image)
         label = SpatialPad(spatial_size=patch_size, value=0.0)(label)
         item = {
             Keys.IMAGE.value: image.as_tensor().float(),
             Keys.LABEL.value: label.as_tensor().round().long(),
             Keys.HAS_LABEL.value: bool(label_path),
+            "stats": stats,
         }
         if label_path:
             item = FgBgToIndicesd(keys=Keys.LABEL.value)(item)

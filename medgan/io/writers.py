@@ -224,15 +224,15 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically and durably: a temporary name in the same folder, synced to
-    the device, renamed, and the folder synced, so after a power loss the file is either the old
-    one or the complete new one."""
+def atomic_write_text(path: str | os.PathLike, text: str | bytes) -> Path:
+    """Write a text (or, given ``bytes``, binary) file atomically and durably: a temporary name
+    in the same folder, synced to the device, renamed, and the folder synced, so after a power
+    loss the file is either the old one or the complete new one."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temporary_beside(out)
     with _replace_when_done(tmp, out):
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -38,6 +38,7 @@ from medgan.config import dump_config
 from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import PatchDataset
 from medgan.keys import Keys
+from medgan.qa import training_statistics
 from medgan.utils import LossLog, resolve_device, rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ class Trainer(ABC):
         self.optimizers: dict[str, torch.optim.Optimizer] = self.build_optimizers()
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = self.build_schedulers()
         self.normalization: dict = {}
+        #: per domain, :func:`medgan.qa.training_statistics` of its training volumes (checkpoint meta)
+        self.training_stats: dict = {}
         self.build_data()
         self._ddp = self._wrap()
         if self.rank:
@@ -228,15 +231,17 @@ class Trainer(ABC):
         ``intensity``, ``data``): every volume through ``preprocessor(domain).training_volume``,
         one :class:`~medgan.data.transforms.PatchDataset` per domain seeded ``seed(i)`` (``i``:
         the domain's place in the list) for :meth:`total_iterations` batches, and the domain's
-        mean intensity scaling (stored in the checkpoint)."""
+        mean intensity scaling and training statistics (``self.training_stats``, for the QA
+        sheet's out-of-distribution checks), both stored in the checkpoint."""
         t = self.cfg.train
-        self.datasets, self.normalization = {}, {}
+        self.datasets, self.normalization, self.training_stats = {}, {}, {}
         for i, dom in enumerate(domains):
             pre = preprocessor(dom)
             made = [pre.training_volume(e, t.patch_size) for e in dom.data.datalist()]
             if not made:
                 raise ValueError(f"domain {dom.name}: no training volumes")
             vols, scalings = zip(*made)
+            self.training_stats[dom.name] = training_statistics([v.pop("stats") for v in vols if "stats" in v])
             logger.info("%s: %d volumes (%d labelled)", dom.name, len(vols), sum(v[Keys.HAS_LABEL.value] for v in vols))
             self.datasets[dom.name] = PatchDataset(list(vols), t.patch_size, seed=self.seed(i),
                                                    length=self.total_iterations() * t.batch_size, pos=t.crop_pos, neg=t.crop_neg)
@@ -293,7 +298,8 @@ class Trainer(ABC):
     # ------------------------------------------------------------------ checkpoints
     def meta(self) -> dict:
         return {"pipeline": self.pipeline, "medgan_version": medgan.__version__, "iteration": self.iteration,
-                "world_size": self.dist.world_size, **self.meta_extra(), "normalization": self.normalization}
+                "world_size": self.dist.world_size, **self.meta_extra(), "normalization": self.normalization,
+                **({"training_stats": self.training_stats} if self.training_stats else {})}
 
     def save(self) -> Path:
         """Write ``checkpoints/iter_XXXXXX`` (networks, optimizers, schedulers, every rank's

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 import medgan
-from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
+from medgan.batch import MAX_VOXELS, BatchReport, done_sidecars, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
-from medgan.data.masks import mr_body_mask
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
@@ -27,6 +27,7 @@ from medgan.io.dicom_write import DicomOutput, StudyIdentifiers
 from medgan.pipelines.cyclegan.config import CycleGANConfig
 from medgan.pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
 from medgan.pipelines.cyclegan.trainer import domain_preprocessor
+from medgan.qa import scan_qa, write_batch_page
 
 AIR_HU = -1000.0
 """What a synthetic CT holds outside the MR's body mask (``inference.air_outside_body``)."""
@@ -115,9 +116,9 @@ class Translator:
         seg = self.segment_tensor(image.as_tensor()[None], domain)[0]
         return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
 
-    def task(self, direction: str, segment: bool = False, tta: int = 0) -> CycleGANTask:
+    def task(self, direction: str, segment: bool = False, tta: int = 0, qa: bool = False) -> CycleGANTask:
         """The batch task translating ``direction`` (see :func:`medgan.batch.run_batch`)."""
-        return CycleGANTask(self, direction, segment, tta)
+        return CycleGANTask(self, direction, segment, tta, qa)
 
     def translate_file(self, path: str | Path, output_dir: str | Path, direction: str, segment: bool = False) -> list[Path]:
         """Read, translate and write ``{stem}_{direction}.nii.gz`` (+ ``_seg`` and a JSON sidecar).
@@ -133,6 +134,19 @@ class Translator:
         return [Path(p) for p in next(iter(report.written.values()))]
 
 
+@dataclass
+class Prepared:
+    """A scan prepared for the model: ``image (1, D, H, W)`` in [-1, 1] on the training grid,
+    ``air_body`` the MR body mask outside which an sCT is air (or ``None``), and for the QA sheet
+    the input's statistics and body mask (or ``None``)."""
+
+    image: MetaTensor
+    air_body: torch.Tensor | None
+    stats: dict | None
+    path: str
+    stats_body: torch.Tensor | None
+
+
 class CycleGANTask:
     """:class:`medgan.batch.VolumeTask` for one direction: prepare = to the training frame,
     run = generator (+ target segmenter) in sliding windows, finish = back to HU / MR units on
@@ -144,12 +158,15 @@ class CycleGANTask:
     a synthetic CT); with ``segment`` its mean inside each segmented class goes into the sidecar
     (``tta_std``). The segmenter runs on the mean.
 
+    ``qa``: a QA sheet per scan (:mod:`medgan.qa`): ``_qa.png`` and a ``qa`` entry in the sidecar
+    (out-of-distribution, intensity and uncertainty warnings).
+
     Raises:
         ValueError: ``segment`` without segmenters, or ``tta`` outside 0..8.
     """
 
-    def __init__(self, translator: Translator, direction: str, segment: bool = False, tta: int = 0) -> None:
-        self.tr, self.segment = translator, segment
+    def __init__(self, translator: Translator, direction: str, segment: bool = False, tta: int = 0, qa: bool = False) -> None:
+        self.tr, self.segment, self.qa = translator, segment, qa
         self.src, self.tgt = translator.parse_direction(direction)
         self.name = f"{self.src}2{self.tgt}".lower()
         self.device = translator.device
@@ -166,14 +183,15 @@ class CycleGANTask:
         return (cfg.inference.air_outside_body and cfg.domain(self.tgt).intensity.kind == "window"
                 and cfg.domain(self.src).intensity.kind != "window")
 
-    def prepare(self, volume: Volume):  # noqa: ANN201
-        image, _ = self.tr.preprocessor(self.src).image(volume)
-        body = torch.from_numpy(mr_body_mask(image[0].numpy())) if self.air_outside_body else None
-        return image, body
+    def prepare(self, volume: Volume) -> Prepared:
+        pre = self.tr.preprocessor(self.src)
+        image, _ = pre.image(volume)
+        body = torch.from_numpy(pre.body_mask(image)) if self.air_outside_body or self.qa else None
+        stats = pre.statistics(image, volume.grid, body.numpy()) if self.qa else None
+        return Prepared(image, body if self.air_outside_body else None, stats, volume.path, body)
 
-    def run(self, prepared) -> tuple[torch.Tensor, torch.Tensor | None]:  # noqa: ANN001
-        image, _ = prepared
-        x = image.as_tensor()[None]
+    def run(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        x = prepared.image.as_tensor()[None]
         direction = f"{self.src}2{self.tgt}"
         std = None
         if self.tta:
@@ -185,40 +203,60 @@ class CycleGANTask:
         seg = self.tr.segment_tensor(y, self.tgt) if self.segment else None
         return y[0], (seg[0] if seg is not None else None), (std[0] if std is not None else None)
 
-    def finish(self, grid: Grid, prepared, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
-        (image, body), (y, seg, std) = prepared, result
+    def _units(self, prepared: Prepared, y: torch.Tensor) -> torch.Tensor:
+        """The output ``(1, D, H, W)`` in the target's units (HU) on the model's grid, air outside the body."""
+        units = self.tr.scaling[self.tgt].inverse(y.float())
+        if prepared.air_body is not None:
+            units[:, ~prepared.air_body] = AIR_HU
+        return units
+
+    def finish(self, grid: Grid, prepared: Prepared, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
+        (y, seg, std), image = result, prepared.image
         # the intensity map is affine and linear interpolation commutes with it: invert on the
         # small canonical tensor, then resample once onto the (large) input grid
-        scaling = self.tr.scaling[self.tgt]
-        units = scaling.inverse(y.float())
-        if body is not None:
-            units[:, ~body] = AIR_HU
+        units = self._units(prepared, y)
         out = {"": (to_input_grid(units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)}
         if seg is not None:
             out["_seg"] = (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape), np.uint8)
         if std is not None:
-            std_units = std.float() * scaling.slope
-            if body is not None:
-                std_units[:, ~body] = 0.0  # set to air in every pass
+            std_units = std.float() * self.tr.scaling[self.tgt].slope
+            if prepared.air_body is not None:
+                std_units[:, ~prepared.air_body] = 0.0  # set to air in every pass
             out["_std"] = (to_input_grid(std_units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)
         return out
 
-    def sidecar(self, prepared, result) -> dict:  # noqa: ANN001
-        """What the sidecar reports of this scan beyond the files: with ``tta`` and ``segment``,
-        the mean TTA standard deviation inside each segmented class (target units, on the
-        model's grid)."""
-        _, (_, seg, std) = prepared, result
-        if std is None:
-            return {}
+    def report(self, prepared: Prepared, result) -> tuple[dict, dict[str, bytes]]:  # noqa: ANN001
+        """What the sidecar reports of this scan beyond the files, and extra files by suffix:
+        with ``tta`` and ``segment``, the mean TTA standard deviation inside each segmented
+        class (target units, on the model's grid, ``tta_std``); with ``qa``, the QA sheet's
+        figures and warnings (``qa``) and its PNG (``_qa.png``, :func:`medgan.qa.scan_qa`)."""
+        y, seg, std = result
+        fields: dict = {}
         scale = self.tr.scaling[self.tgt].slope
-        stats: dict = {"passes": self.tta, "flips": [list(f) for f in TTA_FLIPS[:self.tta]],
-                       "mean_std_in_volume": round(float(std.float().mean()) * scale, 3)}
-        if seg is not None:
-            s = std[0].float() * scale
-            stats["mean_std_per_class"] = {
-                name: round(float(s[seg == c].mean()), 3) for c, name in enumerate(self.tr.classes, start=1)
-                if bool((seg == c).any())}
-        return {"tta_std": stats}
+        if std is not None:
+            stats: dict = {"passes": self.tta, "flips": [list(f) for f in TTA_FLIPS[:self.tta]],
+                           "mean_std_in_volume": round(float(std.float().mean()) * scale, 3)}
+            if seg is not None:
+                s = std[0].float() * scale
+                stats["mean_std_per_class"] = {
+                    name: round(float(s[seg == c].mean()), 3) for c, name in enumerate(self.tr.classes, start=1)
+                    if bool((seg == c).any())}
+            fields["tta_std"] = stats
+        if not self.qa:
+            return fields, {}
+        tgt_pre = self.tr.preprocessor(self.tgt)
+        ct = tgt_pre.scaling_kind == "window"
+        ts = self.tr.meta.get("training_stats") or {}
+        units = self._units(prepared, y)[0].numpy()
+        sheet = scan_qa(
+            f"{Path(prepared.path).name}: {self.src} -> {self.tgt}", prepared.image[0].numpy(), units,
+            prepared.stats_body.numpy(), self.tr.config.train.spacing_mm, prepared.stats,
+            {"source": ts.get(self.src), "target": ts.get(self.tgt)} if ts else None,
+            "HU" if ct else f"{self.tgt} training scale", tuple(tgt_pre.window) if ct else None,
+            seg=seg.numpy() if seg is not None else None, classes=self.tr.classes,
+            std=(std[0].float() * scale).numpy() if std is not None else None)
+        fields["qa"] = sheet.summary
+        return fields, {"_qa.png": sheet.png}
 
     def provenance(self) -> dict:
         return {
@@ -230,6 +268,7 @@ class CycleGANTask:
             "target_range": [self.tr.scaling[self.tgt].lower, self.tr.scaling[self.tgt].upper],
             "classes": ["background", *self.tr.classes] if self.segment else None,
             **({"tta": self.tta} if self.tta else {}),  # absent when off: earlier manifests still resume
+            **({"qa": True} if self.qa else {}),
         }
 
 
@@ -238,7 +277,7 @@ def translate(
     segment: bool = False, device: str = "auto", on_result=None,  # noqa: ANN001
     prefetch: int = 2, series_uid: str | None = None, series_description: str | None = None,
     workers: int | None = None, max_voxels: int | None = MAX_VOXELS, output_format: str = "nifti",
-    study: StudyIdentifiers | None = None, tta: int = 0,
+    study: StudyIdentifiers | None = None, tta: int = 0, qa: bool = False,
 ) -> BatchReport:
     """Translate every scan named by ``inputs`` (files, folders, globs, DICOM folders) into
     ``output_dir``, with a manifest; finished scans of an earlier run are skipped. Under
@@ -247,14 +286,15 @@ def translate(
 
     ``output_format="dicom"`` writes each synthetic CT as a DICOM CT series
     (``{stem}_mr2ct_dicom/``, see :func:`medgan.io.dicom_write.write_ct_series`) in the source
-    MR's study and frame of reference; non-DICOM inputs need ``study``.
+    MR's study and frame of reference; non-DICOM inputs need ``study``. ``qa`` writes a QA sheet
+    per scan and ``qa.html`` for every scan of the folder (:mod:`medgan.qa`).
 
     Raises:
         ValueError: DICOM output of a direction whose target is not CT (HU), or an unknown format.
         VolumeError: DICOM output of non-DICOM inputs without ``study``.
     """
     translator = Translator(checkpoint, rank_device(device))
-    task = translator.task(direction, segment, tta)
+    task = translator.task(direction, segment, tta, qa)
     dicom = None
     if output_format == "dicom":
         if translator.config.domain(task.tgt).intensity.kind != "window":
@@ -267,5 +307,8 @@ def translate(
     elif output_format != "nifti":
         raise ValueError(f"unknown output format {output_format!r}; use nifti or dicom")
     jobs = plan_jobs(list(inputs), series_uid, series_description)
-    return run_batch(task, jobs, output_dir, prefetch=prefetch, workers=workers, max_voxels=max_voxels,
-                     on_result=on_result, dicom=dicom)  # rank and world from torchrun
+    report = run_batch(task, jobs, output_dir, prefetch=prefetch, workers=workers, max_voxels=max_voxels,
+                       on_result=on_result, dicom=dicom)  # rank and world from torchrun
+    if qa:  # every scan of the folder this task made, resumed ones included
+        report.qa_page = write_batch_page(output_dir, done_sidecars(output_dir, task.name), f"medgan QA: {task.src} -> {task.tgt}")
+    return report

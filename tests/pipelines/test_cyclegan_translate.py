@@ -263,7 +263,7 @@ def test_tta_undoes_each_flip_and_reports_the_spread(tmp_path, tiny_checkpoint, 
     prepared = task.prepare(vol)
     monkeypatch.setattr(tr, "translate_tensor", lambda x, direction: x)
     _, _, std = task.run(prepared)
-    assert std.shape == prepared[0].shape and float(std.abs().max()) < 1e-6
+    assert std.shape == prepared.image.shape and float(std.abs().max()) < 1e-6
 
     def ramp(x, direction):
         return x + torch.linspace(0, 0.2, x.shape[2]).view(1, 1, -1, 1, 1)
