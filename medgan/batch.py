@@ -390,10 +390,6 @@ class ScanCommitter:
                t0: float, files: dict[str, bytes] | None = None) -> None:
         out, name = self.out, self.task.name
         written, sums = [], {}
-        for suffix, data in (files or {}).items():  # small extra files (a QA figure)
-            path = atomic_write_text(out / f"{job.stem}_{name}{suffix}", data)
-            written.append(path)
-            sums[path.name] = hashlib.sha256(data).hexdigest()
         dicom_source = source.pop(_DICOM_SOURCE, None)
         if self.dicom is not None:
             for path in self.dicom.write(out, f"{job.stem}_{name}", arrays, grid.affine, dicom_source, source):
@@ -407,6 +403,10 @@ class ScanCommitter:
             del arr
             written.append(path)
             sums[path.name] = digest.hexdigest()
+        for suffix, data in (files or {}).items():  # small extra files (a QA figure)
+            path = atomic_write_text(out / f"{job.stem}_{name}{suffix}", data)
+            written.append(path)
+            sums[path.name] = hashlib.sha256(data).hexdigest()
         timings["write_s"] = round(time.perf_counter() - t0, 3)
         sidecar = {
             **self.provenance, "medgan_version": medgan.__version__, "task": name, "task_key": self.key,

@@ -33,6 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
+from medgan.data.intensity import SOFT_TISSUE_WINDOW
+
 #: model-input intensity percentiles inside the body (in %)
 PERCENTILES: tuple[float, ...] = (5.0, 50.0, 95.0)
 #: HU histogram bins over the CT domain's window (training CTs and outputs alike)
@@ -44,6 +46,9 @@ RELATIVE_MARGIN = 0.2
 INTENSITY_MARGIN = 0.1
 #: a mean test-time-augmentation standard deviation inside the body above this (HU) warns
 UNCERTAIN_STD_HU = 50.0
+
+#: grey levels of a synthetic CT on the sheet: the soft-tissue window the DICOM output sets
+DISPLAY_WINDOW_HU = (SOFT_TISSUE_WINDOW[0] - SOFT_TISSUE_WINDOW[1] / 2, SOFT_TISSUE_WINDOW[0] + SOFT_TISSUE_WINDOW[1] / 2)
 
 _AXES = ("R-L", "A-P", "S-I")
 #: statistic -> (label, unit, relative margin (True) or absolute intensity margin (False))
@@ -226,6 +231,7 @@ def _figure(rows: list[tuple[str, np.ndarray, str, float, float]], seg: np.ndarr
                 if counts is not None and np.sum(counts) > 0:
                     ax.plot(centres, np.asarray(counts) / np.sum(counts), style, label=label, linewidth=1)
             ax.set_title(f"HU in {name}", fontsize=8)
+            ax.set_xlim(max(window[0], -1050.0), min(window[1], 1600.0))
             ax.set_xlabel("HU", fontsize=7)
             ax.tick_params(labelsize=6)
             ax.set_yticks([])
@@ -263,11 +269,10 @@ def scan_qa(
         regions = {"body": body}
         if seg is not None:
             regions.update({n: seg == c for c, n in enumerate(classes, start=1)})
-        medians = {}
+        medians, absent = {}, []
         for name, m in regions.items():
             if not m.any():
-                if name != "body":
-                    warnings.append(f"segmentation: no {name} found in the output")
+                absent += [name] if name != "body" else []
                 continue
             medians[name] = round(float(np.median(output[m])), 1)
             ref = target.get("hu_range_p5_p95", {}).get(name)
@@ -277,13 +282,15 @@ def scan_qa(
             train_counts = target.get("hu_histogram", {}).get(name)
             hists.append((name, np.asarray(hu_histogram(output[m], hu_window)), train_counts))
         summary["median_hu"] = medians
+        if absent:
+            warnings.append(f"segmentation: no {', '.join(absent)} found in the output")
     if std is not None and body.any():
         mean_std = round(float(std[body].mean()), 2)
         summary["tta_mean_std_in_body"] = mean_std
         if mean_std > UNCERTAIN_STD_HU:
             warnings.append(f"uncertainty: mean test-time-augmentation standard deviation inside the body {mean_std:.1f} "
                             f"{output_units} > {UNCERTAIN_STD_HU:g}")
-    lo, hi = (hu_window if hu_window is not None else tuple(np.percentile(output, [1, 99])))
+    lo, hi = (DISPLAY_WINDOW_HU if hu_window is not None else tuple(np.percentile(output, [1, 99])))
     rows = [("input", input_image, "gray", -1.0, 1.0), (f"output ({output_units})", output, "gray", float(lo), float(hi))]
     if std is not None:
         rows.append((f"TTA std ({output_units})", std, "magma", 0.0, float(max(np.percentile(std[body], 99) if body.any() else 1.0, 1e-6))))

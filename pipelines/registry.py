@@ -15,6 +15,7 @@ PIPELINES: dict[str, tuple[str, str]] = {
     "cyclegan": ("medgan.pipelines.cyclegan.config:CycleGANConfig", "medgan.pipelines.cyclegan.trainer:CycleGANTrainer"),
     "adda": ("medgan.pipelines.adda.config:AddaConfig", "medgan.pipelines.adda.trainer:AddaTrainer"),
     "cvae": ("medgan.pipelines.cvae.config:CVAEConfig", "medgan.pipelines.cvae.trainer:CVAETrainer"),
+    "paired": ("medgan.pipelines.paired.config:PairedConfig", "medgan.pipelines.paired.trainer:PairedTrainer"),
 }
 # configs written before the ``pipeline`` key: the section only that pipeline has
 _SECTION = {"domain_a": "cyclegan", "source": "adda", "domain": "cvae"}

@@ -45,7 +45,8 @@ def datalist_from_folder(
 def datalist_from_msd(
     dataset_json: str | Path, section: str = "training", include: str | None = None
 ) -> list[dict[str, str | None]]:
-    """Entries of an MSD-style ``dataset.json`` section, paths resolved against its folder."""
+    """Entries of an MSD-style ``dataset.json`` section, paths resolved against its folder; the
+    paired keys ``target`` and ``mask`` are kept where an entry has them."""
     path = Path(dataset_json)
     try:
         table = json.loads(path.read_text())
@@ -58,13 +59,45 @@ def datalist_from_msd(
         image = item["image"] if isinstance(item, dict) else item
         if include is not None and not fnmatch.fnmatch(image, include):
             continue
-        label = item.get("label") if isinstance(item, dict) else None
-        entries.append(
-            {
-                "image": str((path.parent / image).resolve()),
-                "label": str((path.parent / label).resolve()) if label else None,
-            }
-        )
+        entry = {"image": str((path.parent / image).resolve())}
+        for key in ("label", *(("target", "mask") if isinstance(item, dict) else ())):
+            value = item.get(key) if isinstance(item, dict) else None
+            if key == "label" or value:  # paired data (SynthRAD-style) adds target and mask
+                entry[key] = str((path.parent / value).resolve()) if value else None
+        entries.append(entry)
     if not entries:
         raise ValueError(f"{path}: section {section!r} has no entries matching include={include!r}")
+    return entries
+
+
+#: what SynthRAD's case folders hold, in the order looked for
+SYNTHRAD_SUFFIXES = (".mha", ".nii.gz", ".nii", ".nrrd")
+
+
+def datalist_from_synthrad(root: str | Path, image: str = "mr", target: str = "ct", mask: str | None = "mask") -> list[dict[str, str | None]]:
+    """Paired entries ``{"image", "target", "mask"}`` of SynthRAD's layout: one folder per case
+    under ``root`` holding ``{image}``, ``{target}`` and ``{mask}`` (``.mha``; SynthRAD 2023 also
+    ``.nii.gz``), e.g. ``1ABA005/mr.mha, ct.mha, mask.mha``. Sorted by case.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        ValueError: no case folders, or a case missing a file (names the case and the file).
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base}: SynthRAD data folder does not exist")
+
+    def find(case: Path, name: str) -> str | None:
+        return next((str(case / (name + sfx)) for sfx in SYNTHRAD_SUFFIXES if (case / (name + sfx)).is_file()), None)
+
+    entries = []
+    for case in sorted(p for p in base.iterdir() if p.is_dir()):
+        found = {"image": find(case, image), "target": find(case, target), "mask": find(case, mask) if mask else None}
+        missing = [n for k, n in (("image", image), ("target", target), ("mask", mask)) if n and found[k] is None]
+        if missing:
+            raise ValueError(f"{case}: case folder without {', '.join(missing)} "
+                             f"(looked for {', '.join(SYNTHRAD_SUFFIXES)})")
+        entries.append(found)
+    if not entries:
+        raise ValueError(f"{base}: no case folders (SynthRAD layout: <root>/<case>/{image}.mha, {target}.mha, {mask}.mha)")
     return entries

@@ -22,6 +22,9 @@ import torch
 
 ScalingKind = Literal["window", "percentile"]
 
+#: the soft-tissue window (centre, width) in HU: set on every DICOM sCT slice and used to show an sCT
+SOFT_TISSUE_WINDOW = (40.0, 400.0)
+
 
 @dataclass(frozen=True)
 class IntensityScaling:
@@ -103,3 +106,26 @@ def mean_scaling(scalings: list[IntensityScaling]) -> IntensityScaling:
     return IntensityScaling(
         float(np.mean([s.lower for s in scalings])), float(np.mean([s.upper for s in scalings]))
     )
+
+
+def cormack_to_hu(cormack: np.ndarray) -> np.ndarray:
+    """Cormack units -> HU, as the Clinical toolbox's ``clinical_c2h`` (Rorden et al., NeuroImage
+    2012; neurolabusc/Clinical ``clinical_c2h.m`` with the constants of ``clinical_cormack.m``:
+    900 "uninteresting dark" units, 200 "interesting mid" units stretched 10-fold): the Cormack
+    scale stretches -124..76 HU elevenfold. Piecewise linear and continuous:
+
+    - ``C <= 900``: ``HU = C - 1024``;
+    - ``900 < C <= 3100``: ``HU = (C - 900) / 11 - 124``;
+    - ``C > 3100``: ``HU = C - 3024``.
+
+    Raises:
+        ValueError: negative values (impossible in the Cormack scale, as the toolbox says).
+    """
+    c = np.asarray(cormack, dtype=np.float64)
+    if np.nanmin(c) < 0:
+        raise ValueError("negative brightnesses are impossible in the Cormack scale: is this already in HU?")
+    dark, mid, ratio = 900.0, 200.0, 10.0
+    x = c - dark
+    k_max = mid * (ratio + 1)
+    out = np.where(x <= 0, x, np.where(x <= k_max, x / (ratio + 1), x - k_max + k_max / (ratio + 1)))
+    return (out + dark - 1024.0).astype(np.float32)

@@ -19,7 +19,7 @@ One module per concern:
 """
 
 from medgan.io.dicom import DICOM_MAX_INTERPOLATED_RUN, DicomSeries, dicom_slice_tolerance_mm, list_dicom_series
-from medgan.io.readers import QFORM_SFORM_TOLERANCE_MM, check_whole_numbers, read_label_map, read_volume
+from medgan.io.readers import QFORM_SFORM_TOLERANCE_MM, check_same_grid, check_whole_numbers, read_label_map, read_volume
 from medgan.io.volume import (
     ITK_SUFFIXES,
     MAX_VOXELS,
@@ -38,6 +38,6 @@ from medgan.io.writers import atomic_write_text, creation_mode, fsync_dir, write
 __all__ = [
     "DICOM_MAX_INTERPOLATED_RUN", "ITK_SUFFIXES", "MAX_VOXELS", "NIFTI_SUFFIXES", "QFORM_SFORM_TOLERANCE_MM", "DicomSeries",
     "Grid", "Volume", "VolumeError", "atomic_write_text", "check_whole_numbers", "creation_mode", "dicom_slice_tolerance_mm",
-    "expand_inputs", "fsync_dir", "image_suffix", "is_image_path", "list_dicom_series", "read_label_map", "read_volume",
+    "check_same_grid", "expand_inputs", "fsync_dir", "image_suffix", "is_image_path", "list_dicom_series", "read_label_map", "read_volume",
     "sha256_of", "strip_image_suffix", "write_nifti",
 ]

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from medgan.data.intensity import SOFT_TISSUE_WINDOW
 from medgan.io.dicom import dicom_slice_tolerance_mm
 from medgan.io.volume import _LPS_TO_RAS, VolumeError
 from medgan.io.writers import creation_mode, fsync_dir
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-#: soft-tissue window written on every slice (HU)
-SOFT_TISSUE_WINDOW = (40.0, 400.0)
 #: the patient and study module attributes copied from the source MR (and no others)
 PATIENT_STUDY_TAGS = (
     "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",

@@ -126,17 +126,23 @@ def read_label_map(path: str | os.PathLike, image: Volume | None = None) -> Volu
     """
     lab = check_whole_numbers(read_volume(path, check_values=False))
     if image is not None:
-        if lab.array.shape != image.array.shape:
-            raise VolumeError(
-                f"{lab.path}: label map shape {lab.array.shape} differs from its image "
-                f"{image.path} shape {image.array.shape}"
-            )
-        if not np.allclose(lab.affine, image.affine, atol=1e-3):
-            raise VolumeError(
-                f"{lab.path}: label map affine differs from its image {image.path}:\n"
-                f"{np.round(lab.affine, 4)}\nvs\n{np.round(image.affine, 4)}"
-            )
+        check_same_grid(lab, image, "label map", "its image")
     return lab
+
+
+def check_same_grid(a: Volume, b: Volume, what: str = "volume", other: str = "its pair", atol_mm: float = 1e-3) -> None:
+    """Refuse two volumes that are not on one grid (same shape, affines equal within ``atol_mm``).
+
+    Raises:
+        VolumeError: naming both files and both grids.
+    """
+    if a.array.shape != b.array.shape:
+        raise VolumeError(f"{a.path}: {what} shape {a.array.shape} differs from {other} {b.path} shape {b.array.shape}")
+    if not np.allclose(a.affine, b.affine, atol=atol_mm):
+        raise VolumeError(
+            f"{a.path}: {what} affine differs from {other} {b.path} (they must share one grid; register and "
+            f"resample first):\n{np.round(a.affine, 4)}\nvs\n{np.round(b.affine, 4)}"
+        )
 
 
 class _ChunkedReadinto:

@@ -26,7 +26,7 @@ import numpy as np
 from medgan.data.transforms import onto_grid
 from medgan.io import Volume, atomic_write_text, image_suffix, is_image_path, read_label_map, read_volume, strip_image_suffix
 from medgan.metrics import dice_per_class, intensity_stats_per_class, paired_metrics
-from medgan.pipelines.cyclegan.translate import Translator
+from medgan.pipelines.cyclegan.translate import Translator, open_translator
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def evaluate(
     Returns:
         ``{"dice": {class: value}, "intensity": {class: {...}}, "paired": {...}}`` (present parts).
     """
-    tr = translator or Translator(checkpoint, device)
+    tr = translator or open_translator(checkpoint, device)
     src, tgt = tr.parse_direction(direction)
     vol = read_volume(translated)
     report: dict = {"translated": str(translated), "direction": f"{src}->{tgt}", "checkpoint": str(tr.folder)}
@@ -381,7 +381,7 @@ def evaluate_set(
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tr = Translator(checkpoint, device) if checkpoint is not None else None
+    tr = open_translator(checkpoint, device) if checkpoint is not None else None
     if (tr is None) != (direction is None):
         raise ValueError("give both the checkpoint and the direction of the model that made the sCTs, or neither")
     real = None

@@ -9,6 +9,7 @@ shape and affine, whatever its orientation or format.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from monai.data import MetaTensor
 
 import medgan
 from medgan.batch import MAX_VOXELS, BatchReport, done_sidecars, plan_jobs, rank_device, run_batch
-from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
+from medgan.checkpoint import META, WEIGHTS, load_networks, open_checkpoint, resolve_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import inference_device, sliding_window
@@ -56,6 +57,9 @@ class Translator:
     Raises:
         CheckpointError: not a CycleGAN checkpoint, or weights that do not fit its config.
     """
+
+    #: what the DICOM derivation and reports name as the method
+    method = "CycleGAN, Zhu et al. 2017"
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, CycleGANConfig)
@@ -132,6 +136,24 @@ class Translator:
         if report.failed:
             raise VolumeError(next(iter(report.failed.values())))
         return [Path(p) for p in next(iter(report.written.values()))]
+
+
+def open_translator(checkpoint: str | Path, device: str = "auto") -> Translator:
+    """The translator of a CycleGAN or a paired checkpoint, by the pipeline its ``meta.json`` names.
+
+    Raises:
+        CheckpointError: not a checkpoint of either, or damaged.
+    """
+    folder = resolve_checkpoint(checkpoint)
+    try:
+        pipeline = json.loads((folder / META).read_text()).get("pipeline")
+    except (OSError, ValueError, AttributeError):
+        pipeline = None  # Translator names what is wrong
+    if pipeline == "paired":
+        from medgan.pipelines.paired.translate import PairedTranslator
+
+        return PairedTranslator(folder, device)
+    return Translator(folder, device)
 
 
 @dataclass
@@ -293,7 +315,7 @@ def translate(
         ValueError: DICOM output of a direction whose target is not CT (HU), or an unknown format.
         VolumeError: DICOM output of non-DICOM inputs without ``study``.
     """
-    translator = Translator(checkpoint, rank_device(device))
+    translator = open_translator(checkpoint, rank_device(device))
     task = translator.task(direction, segment, tta, qa)
     dicom = None
     if output_format == "dicom":
@@ -302,7 +324,7 @@ def translate(
         dicom = DicomOutput(
             description=f"sCT medgan {medgan.__version__} {translator.folder.name}",
             derivation=(f"synthetic CT from {task.src} by medgan {medgan.__version__}: {task.src}->{task.tgt} generator of "
-                        f"checkpoint {translator.folder.name} (CycleGAN, Zhu et al. 2017)"),
+                        f"checkpoint {translator.folder.name} ({translator.method})"),
             study=study, classes=tuple(translator.classes) if segment else ())
     elif output_format != "nifti":
         raise ValueError(f"unknown output format {output_format!r}; use nifti or dicom")
