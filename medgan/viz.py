@@ -119,3 +119,49 @@ def save_hu_distributions(path: str | Path, organs: dict[str, tuple[np.ndarray, 
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def save_strip(path: str | Path, volumes: list[np.ndarray], titles: list[str], spacing_mm: tuple[float, float, float],
+               title: str = "") -> Path:
+    """One column per ``(D, H, W)`` RAS volume (a latent walk), rows axial, coronal, sagittal
+    mid-slices, all on one grey scale (the 1st-99th percentiles of them all)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sx, sy, sz = spacing_mm
+    aspects = [sy / sx, sz / sx, sz / sy]
+    lo, hi = np.percentile(np.concatenate([v.ravel() for v in volumes]), [1, 99])
+    fig, axes = plt.subplots(3, len(volumes), figsize=(1.8 * len(volumes), 5.6), squeeze=False)
+    for c, (vol, t) in enumerate(zip(volumes, titles)):
+        for r, sl in enumerate(_slices(vol)):
+            ax = axes[r][c]
+            ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspects[r], interpolation="nearest")
+            ax.axis("off")
+            if r == 0:
+                ax.set_title(t, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_tradeoff(path: str | Path, rows: list[dict]) -> Path:
+    """Diversity against intensity error, one point per truncation threshold (``None``: untruncated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    x = [r["diversity_mean_abs_diff"] for r in rows]
+    y = [r["intensity_abs_diff_mean"] for r in rows]
+    ax.plot(x, y, "o-")
+    for xi, yi, r in zip(x, y, rows):
+        ax.annotate("none" if r["truncation"] is None else f"{r['truncation']:g}", (xi, yi), fontsize=8,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("diversity: mean |difference| between samples of one label map")
+    ax.set_ylabel("fidelity error: mean |sample - real| class mean")
+    ax.set_title("CVAE truncation trade-off (label: threshold)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

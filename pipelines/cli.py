@@ -401,5 +401,137 @@ def cvae_evaluate(
     out.print(json.dumps(report["sample_quality"], indent=2))
 
 
+@cvae_app.command("interpolate")
+def cvae_interpolate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c"),
+    labels: Path = typer.Option(..., "--labels", help="The label map to condition on (not deformed)."),
+    seeds: tuple[int, int] = typer.Option((0, 1), help="The two seeds whose latent noises are the ends of the path."),
+    steps: int = typer.Option(8, help="Points on the path, both ends included."),
+    mode: str = typer.Option("slerp", help="slerp (spherical) or lerp (linear)."),
+    truncation: Optional[float] = typer.Option(None, help="Truncate the two noises at this threshold (BigGAN)."),
+    output: Path = typer.Option(..., "--output", "-o", help="PNG strip of mid-slices, one column per step."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Walk the CVAE's latent space between two seeded samples of one label map; writes a strip of
+    axial, coronal and sagittal mid-slices (remade exactly from the same seeds)."""
+    import numpy as np
+
+    try:
+        from medgan.data.transforms import to_canonical
+        from medgan.io import read_label_map
+        from medgan.pipelines.cvae.sample import CVAESampler, interpolate
+        from medgan.viz import save_strip
+
+        s = CVAESampler(checkpoint, device)
+        lab = read_label_map(labels)
+        lab.array = s.pre.label_mapper(lab.array, lab.path).astype(np.float32)
+        can = to_canonical(lab, s.config.train.spacing_mm, "nearest").as_tensor()
+        images = interpolate(s, can, seeds, steps, mode, truncation)
+        png = save_strip(output, [s.scaling.inverse(i[0].numpy()) for i in images],
+                         [f"t={t:.2f}" for t in np.linspace(0, 1, len(images))], s.config.train.spacing_mm,
+                         f"CVAE {mode} seeds {seeds[0]} -> {seeds[1]}" + (f", truncation {truncation}" if truncation is not None else ""))
+    except USER_ERRORS as err:
+        _fail(err)
+    out.print(f"strip: {png}")
+
+
+@cvae_app.command("truncation")
+def cvae_truncation(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c"),
+    thresholds: list[float] = typer.Option([0.0, 0.5, 1.0, 1.5, 2.0], "--threshold", help="Truncation thresholds (repeat)."),
+    n: int = typer.Option(3, help="Samples per label map at each threshold."),
+    max_volumes: int = typer.Option(4),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for truncation.json and truncation.png."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """The diversity / fidelity trade-off of the truncation trick over thresholds (and untruncated),
+    on the CVAE's training label maps: diversity between samples of one label map, and the mean
+    per-class intensity difference to the real volumes."""
+    import json
+
+    try:
+        from medgan.pipelines.cvae.sample import CVAESampler, truncation_curve
+        from medgan.pipelines.cvae.trainer import labelled_volumes
+        from medgan.viz import save_tradeoff
+
+        s = CVAESampler(checkpoint, device)
+        vols, _ = labelled_volumes(s.config)
+        rows = truncation_curve(s, vols[:max_volumes], [*thresholds, None], n)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "truncation.json").write_text(json.dumps(rows, indent=2))
+        save_tradeoff(output / "truncation.png", rows)
+    except USER_ERRORS as err:
+        _fail(err)
+    for r in rows:
+        out.print(f"truncation {r['truncation']}: diversity {r['diversity_mean_abs_diff']:.2f}, "
+                  f"|intensity mean - real| {r['intensity_abs_diff_mean']:.2f}")
+
+
+inspect_app = typer.Typer(no_args_is_help=True, help="Look inside trained models: feature/latent projections and Fréchet distances.")
+app.add_typer(inspect_app, name="inspect")
+
+
+@inspect_app.command("features")
+def inspect_features(
+    checkpoint: Path = typer.Argument(..., help="An ADDA, CycleGAN or CVAE checkpoint (or run folder)."),
+    output: Path = typer.Option(..., "--output", "-o"),
+    levels: Optional[list[int]] = typer.Option(None, "--level", help="ADDA: U-Net levels (repeat; default 2 3 4). CycleGAN: one level (default 4)."),
+    max_volumes: int = typer.Option(4, help="Volumes per domain (from the checkpoint's training data)."),
+    method: Optional[list[str]] = typer.Option(None, help="pca, tsne, umap (repeat; default all three)."),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+) -> None:
+    """PCA / t-SNE / UMAP of pooled features (ADDA encoders before and after adaptation; S_CT/S_MR
+    of real and translated volumes) or CVAE latent means, coloured by domain and organ (PNG + CSV),
+    with a domain-classifier accuracy (0.5 = aligned)."""
+    import json
+
+    try:
+        from medgan.pipelines.inspect import inspect
+
+        kw = {"max_volumes": max_volumes, "device": device, "seed": seed, "methods": tuple(method) if method else None}
+        if levels:
+            kw.update(levels=tuple(levels), level=levels[0])
+        report = inspect(checkpoint, output, **kw)
+    except USER_ERRORS as err:
+        _fail(err)
+    out.print(json.dumps(report, indent=2))
+
+
+@inspect_app.command("fid")
+def inspect_fid(
+    checkpoint: Path = typer.Argument(..., help="A CycleGAN checkpoint (its translations are scored) or a CVAE one (its samples)."),
+    output: Path = typer.Option(..., "--output", "-o"),
+    features: Optional[Path] = typer.Option(None, help="CVAE: the CycleGAN checkpoint whose S_<domain> encoder gives the features."),
+    level: int = typer.Option(4, help="U-Net level of the features (4 = bottleneck)."),
+    max_volumes: int = typer.Option(8),
+    n_per_label: int = typer.Option(2, help="CVAE: samples per label map."),
+    truncation: Optional[float] = typer.Option(None, help="CVAE: sample with this truncation threshold."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Fréchet distance (FID's formula, MONAI FIDMetric) and MMD (MONAI MMDMetric) on features of
+    medgan's own segmenter encoder, per-organ intensity distances, and the sanity check (two halves
+    of the real set, then with added noise). The numbers depend on that encoder."""
+    import json
+
+    try:
+        from medgan.checkpoint import META, resolve_checkpoint
+        from medgan.pipelines.inspect import fid_cvae, fid_cyclegan
+
+        folder = resolve_checkpoint(checkpoint)
+        pipeline = json.loads((folder / META).read_text()).get("pipeline")
+        if pipeline == "cvae":
+            if features is None:
+                raise ValueError("a CVAE has no segmenter: pass --features <CycleGAN checkpoint> for the feature extractor")
+            report = fid_cvae(folder, features, output, n_per_label, level, max_volumes, truncation, device)
+        elif pipeline == "cyclegan":
+            report = fid_cyclegan(folder, output, level, max_volumes, device)
+        else:
+            raise ValueError(f"{folder}: medgan inspect fid scores cyclegan or cvae checkpoints, not {pipeline!r}")
+    except USER_ERRORS as err:
+        _fail(err)
+    out.print(json.dumps(report, indent=2))
+
+
 if __name__ == "__main__":
     app()

@@ -325,13 +325,24 @@ class SpatialCVAE(nn.Module):
         pm, plv = self.prior_params(c1h)
         return VAEOutput(self.decode(z, c1h), mu, logvar, z, pm, plv)
 
+    def latent_shape(self, c: torch.Tensor) -> tuple[int, ...]:
+        """Shape ``(B, latent_channels, D/f, H/f, W/f)`` of the latent map for label maps ``c``."""
+        return (c.shape[0], self.latent_channels, *[s // self.factor for s in c.shape[2:]])
+
     @torch.no_grad()
-    def sample(self, c: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
-        """Images ``(B, in_channels, D, H, W)`` for label maps ``c (B, 1, D, H, W)`` from the prior."""
+    def sample(self, c: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0,
+               truncation: float | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """Images ``(B, in_channels, D, H, W)`` for label maps ``c (B, 1, D, H, W)`` from the prior:
+        ``z = mu(c) + sigma(c) * eps`` with ``eps`` standard normal (drawn on the CPU from
+        ``generator``), truncated at ``truncation`` (BigGAN's trick, :func:`medgan.sampling.truncated_normal`;
+        0 gives the prior's mean) and times ``temperature``; or the given ``eps`` (latent-map shaped)."""
+        from medgan.sampling import latent_noise
+
         self._check(c)
         c1h = self.onehot(c)
-        shape = (c.shape[0], self.latent_channels, *[s // self.factor for s in c.shape[2:]])
-        eps = torch.randn(shape, generator=generator, device=torch.device("cpu")).to(c.device) * temperature
+        if eps is None:
+            eps = latent_noise(self.latent_shape(c), truncation=truncation, temperature=temperature, generator=generator)
+        eps = eps.to(c.device, torch.float32)
         pm, plv = self.prior_params(c1h)
         z = eps if pm is None else pm + eps * (0.5 * plv).exp()
         return self.decode(z, c1h)

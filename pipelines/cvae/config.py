@@ -53,7 +53,9 @@ class SampleConfig(_Strict):
     scale: float = Field(0.08, ge=0)
     elastic_sigma: tuple[float, float] = (5.0, 7.0)
     elastic_magnitude: tuple[float, float] = (20.0, 60.0)
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, ge=0, description="noise scale; 0 = the prior's mean")
+    truncation: float | None = Field(None, ge=0, description="BigGAN truncation: redraw noise values beyond +-truncation "
+                                     "(0 = the prior's mean; none = untruncated)")
 
 
 class AugmentConfig(_Strict):

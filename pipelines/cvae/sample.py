@@ -27,10 +27,12 @@ from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import labels_to_input_grid, to_canonical, to_input_grid
 from medgan.inference import inference_device
 from medgan.io import Grid, Volume, VolumeError, atomic_write_text, check_whole_numbers, sha256_of
+from medgan.keys import Keys
 from medgan.metrics import dice_per_class, intensity_stats_per_class
 from medgan.pipelines.cvae.config import CVAEConfig, SampleConfig
 from medgan.pipelines.cvae.trainer import PIPELINE, build_cvae
 from medgan.pipelines.data_config import domain_preprocessor
+from medgan.sampling import latent_noise
 
 
 def deform_labels(labels: torch.Tensor, cfg: SampleConfig, seed: int) -> torch.Tensor:
@@ -70,13 +72,80 @@ class CVAESampler:
         [-1, 1], deformed labels (1, D, H, W))`` for one seed."""
         cfg = cfg or self.config.sample
         lab = deform_labels(labels, cfg, seed)
-        f = self.model.factor
-        size = [int(math.ceil(s / f) * f) for s in lab.shape[1:]]
-        padded = SpatialPad(size, method="end", value=0)(lab)
+        padded, sl = self._padded(torch.as_tensor(lab))
         gen = torch.Generator().manual_seed(seed)
-        img = self.model.sample(torch.as_tensor(padded)[None].long().to(self.device), generator=gen, temperature=cfg.temperature)
-        sl = (slice(None), *[slice(0, s) for s in lab.shape[1:]])
+        img = self.model.sample(padded, generator=gen, temperature=cfg.temperature, truncation=cfg.truncation)
         return img[0].cpu()[sl], torch.as_tensor(lab)
+
+    def _padded(self, labels: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        f = self.model.factor
+        size = [int(math.ceil(s / f) * f) for s in labels.shape[1:]]
+        padded = torch.as_tensor(SpatialPad(size, method="end", value=0)(labels))[None].long().to(self.device)
+        return padded, (slice(None), *[slice(0, s) for s in labels.shape[1:]])
+
+    def sample_noise(self, labels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``labels (1, D, H, W)`` (not deformed) and latent noise ``eps`` (:meth:`noise_shape`)
+        -> image ``(1, D, H, W)`` in [-1, 1]."""
+        padded, sl = self._padded(labels)
+        return self.model.sample(padded, eps=eps)[0].cpu()[sl]
+
+    def noise_shape(self, labels: torch.Tensor) -> tuple[int, ...]:
+        return self.model.latent_shape(self._padded(labels)[0])
+
+    def latent_means(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The encoder's posterior means q(z|x, c) of a real volume ``image (1, D, H, W)`` with
+        its ``labels``: ``(N, latent_channels)`` per latent position, and the class filling most of
+        each position's ``f^3`` block of voxels ``(N,)``."""
+        padded, _ = self._padded(labels)
+        f = self.model.factor
+        x = SpatialPad(list(padded.shape[2:]), method="end", value=-1.0)(image)
+        with torch.no_grad():
+            mu, _ = self.model.encoder(torch.cat([torch.as_tensor(x)[None].float().to(self.device), self.model.onehot(padded)], 1)).chunk(2, 1)
+        mu = mu[0].flatten(1).T.cpu().numpy()
+        k = len(self.config.classes) + 1
+        onehot = torch.nn.functional.one_hot(padded[0, 0].cpu(), k).movedim(-1, 0).float()[None]
+        votes = torch.nn.functional.avg_pool3d(onehot, f)[0]
+        return mu, votes.flatten(1).argmax(0).numpy()
+
+
+def interpolate(sampler: CVAESampler, labels: torch.Tensor, seeds: tuple[int, int], steps: int = 8, mode: str = "slerp",
+                truncation: float | None = None) -> list[torch.Tensor]:
+    """Images ``(1, D, H, W)`` along the path between the latent noises of two seeds (``lerp`` or
+    ``slerp``, :mod:`medgan.sampling`), for one label map (not deformed): ``steps`` points, both ends included."""
+    from medgan.sampling import latent_noise, lerp, slerp
+
+    if mode not in ("lerp", "slerp"):
+        raise ValueError(f"interpolation {mode!r}: use lerp or slerp")
+    shape = sampler.noise_shape(labels)
+    z0, z1 = (latent_noise(shape, seed=s, truncation=truncation) for s in seeds)
+    path = slerp if mode == "slerp" else lerp
+    return [sampler.sample_noise(labels, path(z0, z1, t)) for t in np.linspace(0.0, 1.0, max(2, steps))]
+
+
+def truncation_curve(sampler: CVAESampler, volumes: list[dict], thresholds: list[float], n: int = 3, seed: int = 0) -> list[dict]:
+    """The diversity / fidelity trade-off over truncation thresholds (``None`` = untruncated):
+    for each, ``n`` samples per real label map (not deformed, so only the noise differs) scored
+    by :func:`sample_quality`: diversity (mean absolute difference between samples of the same
+    label map) and fidelity (mean over classes of |sample mean - real mean| of the intensities,
+    the domain's units)."""
+    rows = []
+    for t in thresholds:
+        images, labels, groups = [], [], []
+        for g, vol in enumerate(volumes):
+            lab = vol[Keys.LABEL.value].float()
+            shape = sampler.noise_shape(lab)
+            for k in range(n):
+                eps = latent_noise(shape, seed=seed + 1000 * g + k, truncation=t)
+                images.append(sampler.scaling.inverse(sampler.sample_noise(lab, eps)[0].numpy()))
+                labels.append(lab[0].long().numpy())
+                groups.append(g)
+        real_i = [sampler.scaling.inverse(v[Keys.IMAGE.value][0].numpy()) for v in volumes]
+        real_l = [v[Keys.LABEL.value][0].long().numpy() for v in volumes]
+        q = sample_quality(images, labels, real_i, real_l, list(sampler.config.classes), groups=groups)
+        diffs = [v["abs_diff_mean"] for v in q["intensity"].values()]
+        rows.append({"truncation": t, "diversity_mean_abs_diff": q["diversity_mean_abs_diff"],
+                     "intensity_abs_diff_mean": float(np.mean(diffs)) if diffs else float("nan"), "per_class": q["intensity"]})
+    return rows
 
 
 def write_datalist(entries: list[dict[str, str]], output_dir: str | Path) -> Path:
