@@ -133,8 +133,8 @@ def main() -> int:
         rows[m] = {"checkpoint": str(ckpt), "s_per_iter": round(s_per_iter, 3), **score(m, ckpt, info)}
         print(m, json.dumps(rows[m]), flush=True)
     (OUT / "paired_head.json").write_text(json.dumps({"data": info, "iters": args.iters, "models": rows}, indent=2))
-    lines = [f"Paired vs unpaired MR -> CT, head templates, {args.iters} iterations each, test slab = inferior "
-             f"{HOLDOUT:.0%} of the axial slices in the middle (slices {info['test_slices'][0]}-{info['test_slices'][1]} of "
+    lines = [f"Paired vs unpaired MR -> CT, head templates, {args.iters} iterations each, test slab = the central "
+             f"{HOLDOUT:.0%} of the axial slices (slices {info['test_slices'][0]}-{info['test_slices'][1]} of "
              f"{info['n_slices']} along voxel axis {info['axis']}), never in a training file. One subject.", "",
              "| model | test MAE (HU) | test PSNR (dB) | test MS-SSIM | train-slab MAE (HU) | s/iteration | translate (s) |",
              "|---|---|---|---|---|---|---|"]

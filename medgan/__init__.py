@@ -9,13 +9,15 @@ The public API (imported lazily, so ``import medgan`` stays light):
 - :class:`CycleGANConfig`, :func:`load_config` - the pipeline config schema and its loader;
 - :func:`train`, :class:`CycleGANTrainer` - training;
 - :class:`Translator`, :func:`translate` - whole-volume translation of files or tensors;
+  :func:`open_translator` - the translator of a CycleGAN or paired checkpoint;
+- :class:`PairedConfig`, :class:`PairedTrainer`, :class:`PairedTranslator` - paired pix2pix / regression;
 - :func:`evaluate` - shape preservation (Dice), per-organ HU statistics, SynthRAD2025 MAE/PSNR/MS-SSIM (``evaluate_set`` for test sets);
 - :func:`read_volume`, :func:`write_nifti` - I/O with geometry.
 """
 
 from __future__ import annotations
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _API = {
     "CycleGANConfig": "medgan.pipelines.cyclegan.config",
@@ -23,6 +25,10 @@ _API = {
     "train": "medgan.pipelines.cyclegan.trainer",
     "Translator": "medgan.pipelines.cyclegan.translate",
     "translate": "medgan.pipelines.cyclegan.translate",
+    "open_translator": "medgan.pipelines.cyclegan.translate",
+    "PairedConfig": "medgan.pipelines.paired.config",
+    "PairedTrainer": "medgan.pipelines.paired.trainer",
+    "PairedTranslator": "medgan.pipelines.paired.translate",
     "evaluate": "medgan.pipelines.cyclegan.evaluate",
     "evaluate_set": "medgan.pipelines.cyclegan.evaluate",
     "read_cases": "medgan.pipelines.cyclegan.evaluate",

@@ -195,16 +195,17 @@ def _views(vol: np.ndarray, c: tuple[int, int, int]) -> list[np.ndarray]:
 def _figure(rows: list[tuple[str, np.ndarray, str, float, float]], seg: np.ndarray | None, classes: Sequence[str],
             spacing: Sequence[float], centre: tuple[int, int, int], hists: list[tuple[str, np.ndarray, np.ndarray | None]],
             window: tuple[float, float] | None, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object API without pyplot: sheets are drawn in the batch's writer threads at once, and
+    # pyplot's global figure state is not thread-safe
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     sx, sy, sz = spacing
     aspects = [sy / sx, sz / sx, sz / sy]
-    colours = plt.get_cmap("tab10")
+    colours = colormaps["tab10"]
     n_hist = len(hists)
-    fig = plt.figure(figsize=(12, 3.2 * len(rows) + (3.0 if n_hist else 0) + 0.4))
+    fig = Figure(figsize=(12, 3.2 * len(rows) + (3.0 if n_hist else 0) + 0.4))
     top, bottom = (fig.subfigures(2, 1, height_ratios=[3.2 * len(rows), 3.0]) if n_hist else (fig, None))
     axes = top.subplots(len(rows), 3, squeeze=False)
     segs = _views(seg, centre) if seg is not None else [None] * 3
@@ -220,7 +221,7 @@ def _figure(rows: list[tuple[str, np.ndarray, str, float, float]], seg: np.ndarr
             ax.axis("off")
         top.colorbar(im, ax=list(axes[r]), shrink=0.8, pad=0.01)
     if seg is not None and classes:
-        handles = [plt.Line2D([], [], color=colours((k - 1) % 10), label=n) for k, n in enumerate(classes, start=1)]
+        handles = [Line2D([], [], color=colours((k - 1) % 10), label=n) for k, n in enumerate(classes, start=1)]
         top.legend(handles=handles, loc="lower center", ncol=min(len(classes), 8), fontsize=8, frameon=False)
     if bottom is not None and window is not None:
         hax = bottom.subplots(1, n_hist, squeeze=False)[0]
@@ -239,7 +240,6 @@ def _figure(rows: list[tuple[str, np.ndarray, str, float, float]], seg: np.ndarr
     fig.suptitle(title, fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=72)
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -242,7 +242,9 @@ def write_ct_series(
     base.Manufacturer, base.ManufacturerModelName = "medgan", "medgan"
     base.SoftwareVersions = medgan.__version__
     base.BurnedInAnnotation = "NO"
-    base.KVP = base.AcquisitionNumber = base.Laterality = ""  # type 2: present, empty (no acquisition)
+    # type 2: present, empty (no acquisition). Laterality (2C) stays present and empty: dciodvfy cannot
+    # tell an unpaired body part and reports its absence as an error, an empty value as a warning
+    base.KVP = base.AcquisitionNumber = base.Laterality = ""
     base.ImageOrientationPatient = [_ds(v) for v in (*row, *col)]
     base.PixelSpacing = [_ds(sj), _ds(si)]  # between rows (along j), between columns (along i)
     base.SliceThickness = _ds(sk)
