@@ -2,8 +2,8 @@
 classifier on them, and distances between feature sets (Fréchet distance, MMD).
 
 - Features: an encoder ``x (1, 1, D, H, W) -> [level 0, ..., level L]`` (a U-Net's contracting
-  path: :class:`medgan.networks.segmenters.UNetEncoder`) runs on non-overlapping patches of a
-  volume; each level's output is averaged over space, one vector per patch and level
+  path: :class:`medgan.networks.segmenters.UNetEncoder`) runs on patches of a volume (a grid
+  with half-patch stride); each level's output is averaged over space, one vector per patch and level
   (:func:`patch_features`). Each patch is named after the organ that fills most of it (or
   ``background``).
 - Projections: PCA and t-SNE (scikit-learn), UMAP (umap-learn), coloured by domain and by organ,
@@ -35,9 +35,10 @@ PROJECTIONS = ("pca", "tsne", "umap")
 def patch_features(
     encoder: Callable[[torch.Tensor], list[torch.Tensor]], image: torch.Tensor, patch_size: Sequence[int],
     levels: Sequence[int], labels: torch.Tensor | None = None, classes: Sequence[str] = (), device: str | torch.device = "cpu",
-    min_foreground: float = 0.05,
+    min_foreground: float = 0.05, stride: Sequence[int] | None = None,
 ) -> tuple[dict[int, np.ndarray], list[str]]:
-    """Pooled features of the non-overlapping ``patch_size`` patches of one volume.
+    """Pooled features of the ``patch_size`` patches of one volume on a grid of ``stride``
+    (default half the patch size: neighbours overlap by half).
 
     Args:
         encoder: ``(1, 1, d, h, w) -> list`` of per-level features ``(1, C_l, ...)``.
@@ -53,11 +54,12 @@ def patch_features(
     """
     d, h, w = image.shape[1:]
     pd, ph, pw = patch_size
+    sd, sh, sw = stride if stride is not None else [max(1, p // 2) for p in patch_size]
     feats: dict[int, list[np.ndarray]] = {lv: [] for lv in levels}
     organs: list[str] = []
-    for i in range(0, d - pd + 1, pd):
-        for j in range(0, h - ph + 1, ph):
-            for k in range(0, w - pw + 1, pw):
+    for i in range(0, d - pd + 1, sd):
+        for j in range(0, h - ph + 1, sh):
+            for k in range(0, w - pw + 1, sw):
                 x = image[None, :, i:i + pd, j:j + ph, k:k + pw].float().to(device)
                 out = encoder(x)
                 for lv in levels:

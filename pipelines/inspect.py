@@ -54,7 +54,15 @@ def _views(prefix: Path, feats: dict[str, np.ndarray], organs: dict[str, list[st
             **{k: round(v, 4) for k, v in feature_distances(feats[names[0]], feats[names[1]]).items() if k.startswith(("frechet", "mmd"))}}
 
 
+def feature_patch(training_patch) -> tuple[int, int, int]:  # noqa: ANN001
+    """The patch features are pooled over: half the training patch per axis, at least 16 voxels
+    (four U-Net downsamplings), so that a volume gives enough patches (a grid with half-patch
+    stride) for projections and a domain classifier."""
+    return tuple(max(16, int(p) // 2) for p in training_patch)  # type: ignore[return-value]
+
+
 def _features(encoder, vols: list[dict], patch, levels, classes, device) -> tuple[dict[int, np.ndarray], list[str]]:  # noqa: ANN001
+    patch = feature_patch(patch)
     per = [patch_features(encoder, v[Keys.IMAGE.value], patch, levels, v[Keys.LABEL.value] if v[Keys.HAS_LABEL.value] else None,
                           classes, device) for v in vols]
     return {lv: np.concatenate([p[0][lv] for p in per]) for lv in levels}, [o for p in per for o in p[1]]
