@@ -57,8 +57,10 @@ def _views(prefix: Path, feats: dict[str, np.ndarray], organs: dict[str, list[st
 def feature_patch(training_patch) -> tuple[int, int, int]:  # noqa: ANN001
     """The patch features are pooled over: half the training patch per axis, at least 16 voxels
     (four U-Net downsamplings), so that a volume gives enough patches (a grid with half-patch
-    stride) for projections and a domain classifier."""
-    return tuple(max(16, int(p) // 2) for p in training_patch)  # type: ignore[return-value]
+    stride) for projections and a domain classifier; the training patch itself when the half
+    would leave a single voxel at the bottleneck (its instance norms need more than one)."""
+    half = tuple(max(16, int(p) // 2) for p in training_patch)
+    return half if max(half) >= 32 else tuple(int(p) for p in training_patch)  # type: ignore[return-value]
 
 
 def _features(encoder, vols: list[dict], patch, levels, classes, device) -> tuple[dict[int, np.ndarray], list[str]]:  # noqa: ANN001
