@@ -124,7 +124,7 @@ def bench_reference(iters: int, ref: Path) -> dict | None:
         js = Path(tmp) / "ref.json"
         subprocess.run([sys.executable, str(ref), "--patch", "32", "64", "64", "--iters", str(iters), "--warmup", "2",
                         "--flops", "--json", str(js)], check=True, capture_output=True, text=True)
-        r = json.loads(js.read_text())
+        r = json.loads(js.read_text(encoding="utf-8"))
     return {"s_per_iter": r["iter_s_median"], "flops_per_iter": r["flops_per_iter"], "gflops_per_s": r["achieved_GFLOPs"],
             "params": r["params"]}
 
@@ -214,7 +214,7 @@ def main() -> None:
         print(f"| {name} | {r['s_per_iter']:.3f} | {base / r['s_per_iter']:.2f}x | {r['flops_per_iter'] / 1e9:.1f} | "
               f"{r['gflops_per_s']:.1f} | {100 * r['gflops_per_s'] / ceil:.0f} % |")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        Path(args.json).write_text(json.dumps(res, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

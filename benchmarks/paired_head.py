@@ -132,7 +132,7 @@ def main() -> int:
         ckpt, s_per_iter = train_model(m, args.iters)
         rows[m] = {"checkpoint": str(ckpt), "s_per_iter": round(s_per_iter, 3), **score(m, ckpt, info)}
         print(m, json.dumps(rows[m]), flush=True)
-    (OUT / "paired_head.json").write_text(json.dumps({"data": info, "iters": args.iters, "models": rows}, indent=2))
+    (OUT / "paired_head.json").write_text(json.dumps({"data": info, "iters": args.iters, "models": rows}, indent=2), encoding="utf-8")
     lines = [f"Paired vs unpaired MR -> CT, head templates, {args.iters} iterations each, test slab = the central "
              f"{HOLDOUT:.0%} of the axial slices (slices {info['test_slices'][0]}-{info['test_slices'][1]} of "
              f"{info['n_slices']} along voxel axis {info['axis']}), never in a training file. One subject.", "",
@@ -142,7 +142,7 @@ def main() -> int:
         t, tr = r["test"], r["train"]
         lines.append(f"| {m} | {t['mae_hu']:.1f} | {t['psnr_db']:.2f} | {t['ms_ssim']:.4f} | {tr['mae_hu']:.1f} | "
                      f"{r['s_per_iter']:.3f} | {r['translate_s']:.1f} |")
-    (OUT / "paired_head.md").write_text("\n".join(lines) + "\n")
+    (OUT / "paired_head.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0
 

@@ -217,7 +217,7 @@ class Manifest:
         """Latest record per ``(stem, task name)`` over every manifest in the folder."""
         latest: dict[tuple[str, str], dict] = {}
         for f in sorted(self.dir.glob("manifest*.jsonl")):
-            for line in f.read_text().splitlines():
+            for line in f.read_text(encoding="utf-8").splitlines():
                 try:
                     rec = json.loads(line)
                     latest[(str(rec["stem"]), str(rec.get("task", "")))] = rec
@@ -258,7 +258,7 @@ class Manifest:
 
     def append(self, record: dict) -> None:
         line = json.dumps(record) + "\n"
-        with self.lock, open(self.path, "a") as f:
+        with self.lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -282,7 +282,7 @@ def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".medgan-write-test-{os.getpid()}"
-        probe.write_text("")
+        probe.write_text("", encoding="utf-8")
         probe.unlink()
     except OSError as err:
         raise VolumeError(f"{folder}: output folder is not writable ({err})") from err

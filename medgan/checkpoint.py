@@ -48,8 +48,8 @@ def save_checkpoint(
         save_file(tensors, str(tmp / WEIGHTS))
         if training_state is not None:
             torch.save(training_state, tmp / STATE)
-        (tmp / CONFIG).write_text(config_yaml)
-        (tmp / META).write_text(json.dumps(meta, indent=2))
+        (tmp / CONFIG).write_text(config_yaml, encoding="utf-8")
+        (tmp / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         for f in tmp.iterdir():  # durable before it carries the final name
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -75,8 +75,8 @@ def checkpoint_damage(folder: Path, need_state: bool = False) -> str | None:
         with safe_open(str(folder / WEIGHTS), framework="pt") as f:
             for k in f.keys():
                 f.get_slice(k)
-        json.loads((folder / META).read_text())
-        yaml.safe_load((folder / CONFIG).read_text())
+        json.loads((folder / META).read_text(encoding="utf-8"))
+        yaml.safe_load((folder / CONFIG).read_text(encoding="utf-8"))
         if need_state:
             torch.load(folder / STATE, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - each library raises its own types for a damaged file
@@ -117,7 +117,7 @@ def resolve_checkpoint(path: str | Path, need_state: bool = False) -> Path:
 def read_meta(folder: Path, pipeline: str) -> dict:
     """``meta.json`` of a checkpoint, checked to come from ``pipeline``."""
     try:
-        meta = json.loads((folder / META).read_text())
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{folder}: missing or unreadable {META} ({err})") from err
     if meta.get("pipeline") != pipeline:
@@ -165,7 +165,7 @@ def open_checkpoint(path: str | Path, pipeline: str, schema: type):  # noqa: ANN
     folder = resolve_checkpoint(path)
     meta = read_meta(folder, pipeline)
     try:
-        config = schema.model_validate(yaml.safe_load((folder / CONFIG).read_text()))
+        config = schema.model_validate(yaml.safe_load((folder / CONFIG).read_text(encoding="utf-8")))
     except Exception as err:  # noqa: BLE001 - yaml or pydantic errors
         raise CheckpointError(f"{folder / CONFIG}: unreadable or invalid config ({err})") from err
     return folder, meta, config

@@ -99,7 +99,7 @@ def read_config_tree(path: str | Path) -> dict:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: config file does not exist")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
+        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML ({err})") from err
     if not isinstance(tree, dict):

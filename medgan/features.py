@@ -182,7 +182,7 @@ def save_projection(prefix: str | Path, coords: dict[str, np.ndarray], domains: 
     fig.savefig(png, dpi=80)
     plt.close(fig)
     path = prefix.with_suffix(".csv")
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         wr = csv.writer(f)
         wr.writerow(["domain", "organ", *[f"{m}_{a}" for m in methods for a in ("x", "y")]])
         for i in range(len(domains)):

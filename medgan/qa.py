@@ -330,7 +330,7 @@ def write_batch_page(out_dir: str | Path, sidecars: list[Path], title: str = "me
     entries = []
     for p in sorted(sidecars):
         try:
-            meta = json.loads(Path(p).read_text())
+            meta = json.loads(Path(p).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if "qa" in meta:

@@ -182,7 +182,7 @@ def evaluate(
             if output is None:
                 raise ValueError("--cases needs --output for metrics.json, metrics.csv, metrics.md and figures/")
             rep = evaluate_set(read_cases(cases, reference_dir, mask_dir), output, checkpoint, direction, real_ct, device)
-            out.print((output / "metrics.md").read_text(), highlight=False, markup=False)
+            out.print((output / "metrics.md").read_text(encoding="utf-8"), highlight=False, markup=False)
             if rep["failed"]:
                 raise typer.Exit(1)
             return
@@ -213,7 +213,7 @@ def benchmark(
         run_benchmark(cfg)
     except USER_ERRORS as err:
         _fail(err)
-    out.print((Path(cfg.output_dir) / "table.md").read_text(), highlight=False, markup=False)
+    out.print((Path(cfg.output_dir) / "table.md").read_text(encoding="utf-8"), highlight=False, markup=False)
 
 
 @app.command("baseline-histmatch")
@@ -256,7 +256,7 @@ def demo(
         _fail(err)
     for name in ("mr2ct", "ct2mr"):
         _print_report(reports[name])
-    out.print((output / "evaluation/testset/metrics.md").read_text(), highlight=False, markup=False)
+    out.print((output / "evaluation/testset/metrics.md").read_text(encoding="utf-8"), highlight=False, markup=False)
     out.print(f"outputs in {output}; figure {output / 'demo.png'}")
 
 
@@ -342,7 +342,7 @@ def adda_evaluate(
     out.print(table)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "adda_evaluation.json").write_text(json.dumps(report, indent=2))
+        (output / "adda_evaluation.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
 cvae_app = typer.Typer(no_args_is_help=True, help="Conditional VAE augmentation: label-conditioned synthesis of 3D volumes (Sohn et al. 2015).")
@@ -458,7 +458,7 @@ def cvae_truncation(
         vols, _ = labelled_volumes(s.config)
         rows = truncation_curve(s, vols[:max_volumes], [*thresholds, None], n)
         output.mkdir(parents=True, exist_ok=True)
-        (output / "truncation.json").write_text(json.dumps(rows, indent=2))
+        (output / "truncation.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
         save_tradeoff(output / "truncation.png", rows)
     except USER_ERRORS as err:
         _fail(err)
@@ -519,7 +519,7 @@ def inspect_fid(
         from medgan.pipelines.inspect import fid_cvae, fid_cyclegan
 
         folder = resolve_checkpoint(checkpoint)
-        pipeline = json.loads((folder / META).read_text()).get("pipeline")
+        pipeline = json.loads((folder / META).read_text(encoding="utf-8")).get("pipeline")
         if pipeline == "cvae":
             if features is None:
                 raise ValueError("a CVAE has no segmenter: pass --features <CycleGAN checkpoint> for the feature extractor")

@@ -93,7 +93,7 @@ def inspect_adda(checkpoint: str | Path, output_dir: str | Path, levels: tuple[i
                              f"ADDA level {lv}, before adaptation (E_src on both)", methods, seed),
             "after": _views(out / f"adda_level{lv}_after", {s: fs[lv], t: fa[lv]}, {s: os_, t: oa},
                             f"ADDA level {lv}, after adaptation (E_src on {s}, E_tgt on {t})", methods, seed)}
-    (out / "adda_features.json").write_text(json.dumps(report, indent=2))
+    (out / "adda_features.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
 
 
@@ -124,7 +124,7 @@ def inspect_cyclegan(checkpoint: str | Path, output_dir: str | Path, level: int 
         report["domains"][tgt] = _views(out / f"cyclegan_S_{tgt}", {f"real {tgt}": fr[level], f"{src}->{tgt}": ff[level]},
                                         {f"real {tgt}": orr, f"{src}->{tgt}": of},
                                         f"S_{tgt} level {level}: real vs translated", methods, seed)
-    (out / "cyclegan_features.json").write_text(json.dumps(report, indent=2))
+    (out / "cyclegan_features.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
 
 
@@ -156,7 +156,7 @@ def inspect_cvae(checkpoint: str | Path, output_dir: str | Path, max_volumes: in
     png, csv = save_projection(out / "cvae_latents", coords, [names[i] for i in keep], organs,
                                f"CVAE posterior means per latent position ({s.config.network.latent_channels} channels)")
     report = {"checkpoint": str(s.folder), "points": int(len(keep)), "png": str(png), "csv": str(csv)}
-    (out / "cvae_latents.json").write_text(json.dumps(report, indent=2))
+    (out / "cvae_latents.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
 
 
@@ -165,7 +165,7 @@ def inspect(checkpoint: str | Path, output_dir: str | Path, **kw) -> dict:  # no
     from medgan.checkpoint import META, resolve_checkpoint
 
     folder = resolve_checkpoint(checkpoint)
-    pipeline = json.loads((folder / META).read_text()).get("pipeline")
+    pipeline = json.loads((folder / META).read_text(encoding="utf-8")).get("pipeline")
     fn = {"adda": inspect_adda, "cyclegan": inspect_cyclegan, "cvae": inspect_cvae}.get(pipeline)
     if fn is None:
         raise ValueError(f"{folder}: medgan inspect knows adda, cyclegan and cvae checkpoints, not {pipeline!r}")
@@ -257,7 +257,7 @@ def fid_cyclegan(checkpoint: str | Path, output_dir: str | Path, level: int = 4,
         report["sets"][tgt] = entry
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fid_cyclegan.json").write_text(json.dumps(report, indent=2))
+    (out / "fid_cyclegan.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
 
 
@@ -298,5 +298,5 @@ def fid_cvae(checkpoint: str | Path, features_checkpoint: str | Path, output_dir
               "sanity (real halves, + noise)": sanity_check(enc, real, patch, level, classes, s.device)}
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fid_cvae.json").write_text(json.dumps(report, indent=2))
+    (out / "fid_cvae.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report

@@ -117,5 +117,5 @@ def run_slices_demo(data_dir: str | Path, output_dir: str | Path, gan_iters: int
     with torch.no_grad():
         save_grid(vae.sample(64), out / "vae_samples.png")
         save_grid(torch.stack([x, vae(x).recon], 1).flatten(0, 1), out / "vae_reconstructions.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

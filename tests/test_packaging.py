@@ -29,7 +29,7 @@ def test_the_library_never_imports_the_pipelines():
     for path in (ROOT / "medgan").rglob("*.py"):
         if path.relative_to(ROOT / "medgan").as_posix() in ("__init__.py", "__main__.py"):
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.relative_to(ROOT)}: {m}" for m in mods if m.split(".")[:2] == ["medgan", "pipelines"]

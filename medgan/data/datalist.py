@@ -49,7 +49,7 @@ def datalist_from_msd(
     paired keys ``target`` and ``mask`` are kept where an entry has them."""
     path = Path(dataset_json)
     try:
-        table = json.loads(path.read_text())
+        table = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read the MSD dataset.json ({err})") from err
     if section not in table:

@@ -65,7 +65,7 @@ class LabelMapper:
         """Build from a class-map JSON ``{space: {id: name}, groups: {name: [ids]}}``."""
         path = Path(classmap)
         try:
-            table = json.loads(path.read_text())
+            table = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: cannot read the class map ({err})") from err
         if space not in table:

@@ -148,6 +148,6 @@ def write_phantom_dataset(out: str | Path) -> list[Path]:
         if with_labels:
             written.append(write_nifti(root / f"{name}_labels.nii.gz", lab, aff))
     table = {"_source": "medgan digital abdominal phantom (medgan.data.phantom)", "phantom": {str(k): v for k, v in PHANTOM_CLASSES.items()}}
-    (root / "classmap.json").write_text(json.dumps(table, indent=2) + "\n")
+    (root / "classmap.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     written.append(root / "classmap.json")
     return written

@@ -232,7 +232,7 @@ def atomic_write_text(path: str | os.PathLike, text: str | bytes) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temporary_beside(out)
     with _replace_when_done(tmp, out):
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

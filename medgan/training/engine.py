@@ -351,7 +351,7 @@ class Trainer(ABC):
         log = writer = None
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(dump_config(self.cfg))
+            (self.out / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
             log, writer = LossLog(self.out / "losses.csv", self.iteration), _tensorboard(self.out)
         png_every = getattr(t, "png_every", None)
         self.nets.train()

@@ -63,7 +63,7 @@ class Split(_Strict):
             ValueError: a split that names missing subjects, overlaps, or leaves no test subject.
         """
         if self.file is not None:
-            table = json.loads(Path(self.file).read_text())
+            table = json.loads(Path(self.file).read_text(encoding="utf-8"))
             train, test = list(table["train"]), list(table["test"])
             what = f"{Path(self.file).name} version {table.get('version')}"
         else:

@@ -106,5 +106,5 @@ def run_augmentation(config: CVAEConfig, checkpoint: str | Path | None = None, p
     report = {"checkpoint": str(ckpt), "holdout_fraction": t.holdout_fraction, "synthetic_pairs": len(synthetic),
               "heldout_dice": held, "heldout_dice_mean": {n: float(np.nanmean(list(v.values()))) for n, v in held.items()},
               "sample_quality": quality}
-    (out / "augmentation.json").write_text(json.dumps(report, indent=2))
+    (out / "augmentation.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report

@@ -205,7 +205,7 @@ def read_cases(spec: str | Path, reference_dir: str | Path | None = None, mask_d
         cases = []
         for side in sorted(p.glob("*.json")):
             try:
-                meta = json.loads(side.read_text())
+                meta = json.loads(side.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 continue
             if not isinstance(meta, dict) or "input" not in meta or "outputs" not in meta:
@@ -229,12 +229,12 @@ def read_cases(spec: str | Path, reference_dir: str | Path | None = None, mask_d
             raise ValueError(f"{p}: no medgan translate outputs (an output with its .json sidecar) in this folder")
         return cases
     if p.suffix.lower() == ".csv":
-        with open(p, newline="") as f:
+        with open(p, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         cases = [_case_from({k.strip().lower(): (v or "").strip() for k, v in r.items() if k}, p.parent, i) for i, r in enumerate(rows)]
     else:
         try:
-            table = json.loads(p.read_text())
+            table = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{p}: not a CSV or a readable dataset.json ({err})") from err
         items = table.get(section) or table.get("training") or []

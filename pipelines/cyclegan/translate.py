@@ -146,7 +146,7 @@ def open_translator(checkpoint: str | Path, device: str = "auto") -> Translator:
     """
     folder = resolve_checkpoint(checkpoint)
     try:
-        pipeline = json.loads((folder / META).read_text()).get("pipeline")
+        pipeline = json.loads((folder / META).read_text(encoding="utf-8")).get("pipeline")
     except (OSError, ValueError, AttributeError):
         pipeline = None  # Translator names what is wrong
     if pipeline == "paired":
