@@ -9,7 +9,6 @@ import torch
 
 from medgan.data.intensity import mean_scaling
 from medgan.data.transforms import PatchDataset
-from medgan.keys import Keys
 from medgan.networks.vae import SpatialCVAE, vae_loss
 from medgan.training.engine import RANK_SEED_STRIDE, Trainer
 from medgan.pipelines.cvae.config import CVAEConfig
