@@ -127,3 +127,15 @@ def test_fid_sanity_check_grows_with_noise(tmp_path, tiny_checkpoint):
     noise = [sanity["noise"][k] for k in sorted(sanity["noise"], key=float)]
     assert noise[-1] > noise[0] and noise[-1] > sanity["halves"]
     assert "organs" in rep["sets"]["MR"]["CT->MR vs real MR"]
+
+
+def test_gan_truncation_and_interpolation_figures(tmp_path):
+    from medgan.networks import DCGANGenerator
+    from medgan.pipelines.slices_demo import gan_sampling_figures
+
+    torch.manual_seed(0)
+    g = DCGANGenerator(2, latent_dim=16, channels=[16, 8], base=4).eval()
+    div = gan_sampling_figures(g, 16, tmp_path, seed=0, n=4)
+    assert div["0.0"] == pytest.approx(0.0, abs=1e-6) and div["0.0"] < div["1.0"] < div["none"] + 1e-6
+    for name in ("wgan_gp_truncation.png", "wgan_gp_interpolation.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
