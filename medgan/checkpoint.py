@@ -114,6 +114,20 @@ def resolve_checkpoint(path: str | Path, need_state: bool = False) -> Path:
     raise CheckpointError(f"{chosen}: damaged checkpoint ({why}){hint}")
 
 
+def checkpoint_pipeline(path: str | Path) -> tuple[Path, str | None]:
+    """``(checkpoint folder, the pipeline its meta.json names)`` of a checkpoint or run folder;
+    the pipeline is ``None`` when meta.json cannot be read (the loader then says what is wrong).
+
+    Raises:
+        CheckpointError: not a checkpoint, or damaged (see :func:`resolve_checkpoint`).
+    """
+    folder = resolve_checkpoint(path)
+    try:
+        return folder, json.loads((folder / META).read_text(encoding="utf-8")).get("pipeline")
+    except (OSError, ValueError, AttributeError):
+        return folder, None
+
+
 def read_meta(folder: Path, pipeline: str) -> dict:
     """``meta.json`` of a checkpoint, checked to come from ``pipeline``."""
     try:

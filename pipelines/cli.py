@@ -515,11 +515,10 @@ def inspect_fid(
     import json
 
     try:
-        from medgan.checkpoint import META, resolve_checkpoint
+        from medgan.checkpoint import checkpoint_pipeline
         from medgan.pipelines.inspect import fid_cvae, fid_cyclegan
 
-        folder = resolve_checkpoint(checkpoint)
-        pipeline = json.loads((folder / META).read_text(encoding="utf-8")).get("pipeline")
+        folder, pipeline = checkpoint_pipeline(checkpoint)
         if pipeline == "cvae":
             if features is None:
                 raise ValueError("a CVAE has no segmenter: pass --features <CycleGAN checkpoint> for the feature extractor")

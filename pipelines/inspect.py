@@ -35,9 +35,25 @@ def _volumes(pre, entries: list[dict], patch_size, max_volumes: int) -> list[dic
     out = []
     for e in entries[:max_volumes]:
         item, _ = pre.training_volume(e, patch_size)
-        item.pop("stats", None)
         item["path"] = e["image"]
         out.append(item)
+    return out
+
+
+def _domain_volumes(tr, max_volumes: int) -> dict[str, list[dict]]:  # noqa: ANN001 - a CycleGAN Translator
+    """Both domains' training volumes of a CycleGAN (at most ``max_volumes`` each) in its frame."""
+    cfg = tr.config
+    return {d.name: _volumes(tr.preprocessor(d.name), d.data.datalist(), cfg.train.patch_size, max_volumes)
+            for d in (cfg.domain_a, cfg.domain_b)}
+
+
+def _translated(tr, vols: list[dict], src: str, tgt: str) -> list[dict]:  # noqa: ANN001 - a CycleGAN Translator
+    """``vols`` translated ``src -> tgt`` by the generator; each keeps its source's labels (shape consistency)."""
+    out = []
+    for v in vols:
+        with torch.inference_mode():
+            y = tr.translate_tensor(v[Keys.IMAGE.value][None].to(tr.device), f"{src}2{tgt}")[0].cpu()
+        out.append({**v, Keys.IMAGE.value: y})
     return out
 
 
@@ -110,15 +126,11 @@ def inspect_cyclegan(checkpoint: str | Path, output_dir: str | Path, level: int 
         raise ValueError(f"{tr.folder}: this model has no segmenters (no classes configured): nothing to take features from")
     patch = cfg.train.patch_size
     a, b = cfg.domain_a.name, cfg.domain_b.name
-    vols = {d.name: _volumes(tr.preprocessor(d.name), d.data.datalist(), patch, max_volumes) for d in (cfg.domain_a, cfg.domain_b)}
+    vols = _domain_volumes(tr, max_volumes)
     report: dict = {"checkpoint": str(tr.folder), "level": level, "note": EXTRACTOR_NOTE, "domains": {}}
     for tgt, src in ((a, b), (b, a)):
         enc = UNetEncoder(tr.nets[f"S_{tgt}"])
-        fake = []
-        for v in vols[src]:  # translated volumes keep their source's labels (shape consistency)
-            with torch.inference_mode():
-                y = tr.translate_tensor(v[Keys.IMAGE.value][None].to(tr.device), f"{src}2{tgt}")[0].cpu()
-            fake.append({**v, Keys.IMAGE.value: y})
+        fake = _translated(tr, vols[src], src, tgt)
         fr, orr = _features(enc, vols[tgt], patch, (level,), tr.classes, tr.device)
         ff, of = _features(enc, fake, patch, (level,), tr.classes, tr.device)
         report["domains"][tgt] = _views(out / f"cyclegan_S_{tgt}", {f"real {tgt}": fr[level], f"{src}->{tgt}": ff[level]},
@@ -162,10 +174,9 @@ def inspect_cvae(checkpoint: str | Path, output_dir: str | Path, max_volumes: in
 
 def inspect(checkpoint: str | Path, output_dir: str | Path, **kw) -> dict:  # noqa: ANN003
     """The views of whatever pipeline ``checkpoint`` is from (by its ``meta.json``)."""
-    from medgan.checkpoint import META, resolve_checkpoint
+    from medgan.checkpoint import checkpoint_pipeline
 
-    folder = resolve_checkpoint(checkpoint)
-    pipeline = json.loads((folder / META).read_text(encoding="utf-8")).get("pipeline")
+    folder, pipeline = checkpoint_pipeline(checkpoint)
     fn = {"adda": inspect_adda, "cyclegan": inspect_cyclegan, "cvae": inspect_cvae}.get(pipeline)
     if fn is None:
         raise ValueError(f"{folder}: medgan inspect knows adda, cyclegan and cvae checkpoints, not {pipeline!r}")
@@ -241,16 +252,12 @@ def fid_cyclegan(checkpoint: str | Path, output_dir: str | Path, level: int = 4,
     if not tr.classes:
         raise ValueError(f"{tr.folder}: this model has no segmenters (no classes configured): no feature extractor")
     patch = cfg.train.patch_size
-    vols = {d.name: _volumes(tr.preprocessor(d.name), d.data.datalist(), patch, max_volumes) for d in (cfg.domain_a, cfg.domain_b)}
+    vols = _domain_volumes(tr, max_volumes)
     report: dict = {"checkpoint": str(tr.folder), "extractor": f"S_<domain> encoder level {level}", "note": EXTRACTOR_NOTE,
                     "data": "the model's training volumes", "sets": {}}
     for tgt, src in ((cfg.domain_a.name, cfg.domain_b.name), (cfg.domain_b.name, cfg.domain_a.name)):
         enc = UNetEncoder(tr.nets[f"S_{tgt}"])
-        fake = []
-        for v in vols[src]:
-            with torch.inference_mode():
-                y = tr.translate_tensor(v[Keys.IMAGE.value][None].to(tr.device), f"{src}2{tgt}")[0].cpu()
-            fake.append({**v, Keys.IMAGE.value: y})
+        fake = _translated(tr, vols[src], src, tgt)
         entry = {f"{src}->{tgt} vs real {tgt}": score_sets(enc, vols[tgt], fake, patch, level, tr.classes, tr.scaling[tgt], tr.device)}
         if sanity:
             entry["sanity (real halves, + noise)"] = sanity_check(enc, vols[tgt], patch, level, tr.classes, tr.device)

@@ -320,13 +320,15 @@ class DomainPreprocessor:
             hu=IntensityScaling(*self.window).inverse(x) if ct else None, window=tuple(self.window) if ct else None,
             labels=label[0].detach().cpu().numpy().round().astype(np.int64) if classes else None, classes=classes)
 
-    def training_volume(self, entry: dict, patch_size: Sequence[int], exclude_inferior: float = 0.0) -> tuple[dict, IntensityScaling]:
+    def training_volume(self, entry: dict, patch_size: Sequence[int], exclude_inferior: float = 0.0,
+                        with_stats: bool = False) -> tuple[dict, IntensityScaling]:
         """A datalist entry -> dict with ``image (1, D, H, W)``, ``label (1, D, H, W)`` class
         indices (zeros when unlabelled), ``has_label``, foreground/background indices, padded
-        to at least ``patch_size`` (image with -1, label with 0), and ``stats``
-        (:meth:`statistics` of the volume as trained on, for the checkpoint's out-of-distribution
-        checks). ``exclude_inferior`` drops that fraction of axial slices from the inferior end
-        (a held-out slab) before padding."""
+        to at least ``patch_size`` (image with -1, label with 0), and with ``with_stats``
+        ``stats`` (:meth:`statistics` of the volume as trained on, for the checkpoint's
+        out-of-distribution checks: a body mask per volume, so only when they are stored).
+        ``exclude_inferior`` drops that fraction of axial slices from the inferior end (a
+        held-out slab) before padding."""
         vol = read_volume(entry[Keys.IMAGE.value])
         image, scaling = self.image(vol)
         # without a label mapping (no classes configured) labels are not used: unsupervised CycleGAN
@@ -340,14 +342,14 @@ class DomainPreprocessor:
         if exclude_inferior > 0:
             k = held_out_slices(image.shape[-1], exclude_inferior)
             image, label = image[..., k:], label[..., k:]
-        stats = self.statistics(image, vol.grid, self.body_mask(image), label if label_path else None)
+        stats = self.statistics(image, vol.grid, self.body_mask(image), label if label_path else None) if with_stats else None
         image = SpatialPad(spatial_size=patch_size, value=-1.0)(image)
         label = SpatialPad(spatial_size=patch_size, value=0.0)(label)
         item = {
             Keys.IMAGE.value: image.as_tensor().float(),
             Keys.LABEL.value: label.as_tensor().round().long(),
             Keys.HAS_LABEL.value: bool(label_path),
-            "stats": stats,
+            **({"stats": stats} if stats is not None else {}),
         }
         if label_path:
             item = FgBgToIndicesd(keys=Keys.LABEL.value)(item)

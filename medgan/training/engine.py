@@ -237,11 +237,11 @@ class Trainer(ABC):
         self.datasets, self.normalization, self.training_stats = {}, {}, {}
         for i, dom in enumerate(domains):
             pre = preprocessor(dom)
-            made = [pre.training_volume(e, t.patch_size) for e in dom.data.datalist()]
+            made = [pre.training_volume(e, t.patch_size, with_stats=True) for e in dom.data.datalist()]
             if not made:
                 raise ValueError(f"domain {dom.name}: no training volumes")
             vols, scalings = zip(*made)
-            self.training_stats[dom.name] = training_statistics([v.pop("stats") for v in vols if "stats" in v])
+            self.training_stats[dom.name] = training_statistics([v.pop("stats") for v in vols])
             logger.info("%s: %d volumes (%d labelled)", dom.name, len(vols), sum(v[Keys.HAS_LABEL.value] for v in vols))
             self.datasets[dom.name] = PatchDataset(list(vols), t.patch_size, seed=self.seed(i),
                                                    length=self.total_iterations() * t.batch_size, pos=t.crop_pos, neg=t.crop_neg)

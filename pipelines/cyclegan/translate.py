@@ -9,7 +9,6 @@ shape and affine, whatever its orientation or format.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from monai.data import MetaTensor
 
 import medgan
 from medgan.batch import MAX_VOXELS, BatchReport, done_sidecars, plan_jobs, rank_device, run_batch
-from medgan.checkpoint import META, WEIGHTS, load_networks, open_checkpoint, resolve_checkpoint
+from medgan.checkpoint import WEIGHTS, checkpoint_pipeline, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import inference_device, sliding_window
@@ -62,16 +61,23 @@ class Translator:
     method = "CycleGAN, Zhu et al. 2017"
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
-        self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, CycleGANConfig)
-        self.names = NetNames.of(self.config)
+        folder, meta, config = open_checkpoint(checkpoint, PIPELINE, CycleGANConfig)
+        self._load(folder, meta, config, NetNames.of(config), build_networks(config), device,
+                   {d.name: domain_preprocessor(config, d) for d in (config.domain_a, config.domain_b)})
+
+    def _load(self, folder: Path, meta: dict, config, names: NetNames, nets: torch.nn.ModuleDict, device: str,  # noqa: ANN001
+              preprocessors: dict[str, DomainPreprocessor]) -> None:
+        """Weights into ``nets`` on the device, the domains' saved intensity scalings: what every
+        translator (CycleGAN, paired) sets up the same way."""
+        self.folder, self.meta, self.config, self.names = folder, meta, config, names
         self.device = inference_device(device)
-        self.nets = build_networks(self.config)
+        self.nets = nets
         load_networks(self.folder, dict(self.nets.items()))
         self.nets.to(self.device).eval()
         self.scaling = {
             name: IntensityScaling(v["lower"], v["upper"]) for name, v in self.meta["normalization"].items()
         }
-        self._pre = {d.name: domain_preprocessor(self.config, d) for d in (self.config.domain_a, self.config.domain_b)}
+        self._pre = preprocessors
 
     @property
     def classes(self) -> list[str]:
@@ -144,11 +150,7 @@ def open_translator(checkpoint: str | Path, device: str = "auto") -> Translator:
     Raises:
         CheckpointError: not a checkpoint of either, or damaged.
     """
-    folder = resolve_checkpoint(checkpoint)
-    try:
-        pipeline = json.loads((folder / META).read_text(encoding="utf-8")).get("pipeline")
-    except (OSError, ValueError, AttributeError):
-        pipeline = None  # Translator names what is wrong
+    folder, pipeline = checkpoint_pipeline(checkpoint)
     if pipeline == "paired":
         from medgan.pipelines.paired.translate import PairedTranslator
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medgan.checkpoint import load_networks, open_checkpoint
-from medgan.data.intensity import IntensityScaling
-from medgan.inference import inference_device
+from medgan.checkpoint import open_checkpoint
 from medgan.pipelines.cyclegan.model import NetNames
 from medgan.pipelines.cyclegan.translate import Translator
 from medgan.pipelines.paired.config import PairedConfig
@@ -32,15 +30,10 @@ class PairedTranslator(Translator):
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:  # noqa: D107 - the Translator's contract
-        self.folder, self.meta, self.config = open_checkpoint(checkpoint, PIPELINE, PairedConfig)
-        self.names = NetNames(self.config.source.name, self.config.target.name)
-        self.method = METHODS[self.config.model]
-        self.device = inference_device(device)
-        self.nets = build_networks(self.config)
-        load_networks(self.folder, dict(self.nets.items()))
-        self.nets.to(self.device).eval()
-        self.scaling = {name: IntensityScaling(v["lower"], v["upper"]) for name, v in self.meta["normalization"].items()}
-        self._pre = {d.name: paired_preprocessor(self.config, d) for d in (self.config.source, self.config.target)}
+        folder, meta, config = open_checkpoint(checkpoint, PIPELINE, PairedConfig)
+        self.method = METHODS[config.model]
+        self._load(folder, meta, config, NetNames(config.source.name, config.target.name), build_networks(config), device,
+                   {d.name: paired_preprocessor(config, d) for d in (config.source, config.target)})
 
     def parse_direction(self, direction: str) -> tuple[str, str]:
         a, b = self.names.a, self.names.b
