@@ -18,12 +18,23 @@ class _Strict(BaseModel):
 
 
 class IntensityConfig(_Strict):
-    """``window``: fixed range in the modality's units (HU for CT); ``percentile``: per-volume
-    percentiles (in %) of arbitrary-unit MR."""
+    """``window``: fixed range in the modality's units (HU for CT), mapped linearly onto [-1, 1]
+    or piecewise linearly through ``knots`` (``[[HU, unit], ...]``, e.g. ``[[-200, -0.6], [300,
+    0.6]]`` stretches the soft tissues, :class:`medgan.data.intensity.IntensityScaling`);
+    ``percentile``: per-volume percentiles (in %) of arbitrary-unit MR."""
 
     kind: Literal["window", "percentile"] = "window"
     window: tuple[float, float] = (-1024.0, 2000.0)
+    knots: list[tuple[float, float]] = Field(default_factory=list, description="window only: interior (value, unit) pairs")
     percentiles: tuple[float, float] = (0.5, 99.5)
+
+    @model_validator(mode="after")
+    def _knots(self) -> IntensityConfig:
+        if self.knots:
+            from medgan.data.intensity import fit_scaling
+
+            fit_scaling(None, self.kind, self.window, self.percentiles, tuple(self.knots))  # raises if invalid
+        return self
 
 
 class LabelConfig(_Strict):
@@ -88,11 +99,43 @@ class DataSource(_Strict):
         return [{"image": f["image"], "label": f.get("label")} for f in self.files or []]
 
 
+class AugmentConfig(_Strict):
+    """Training augmentation of one domain (:mod:`medgan.data.augment`); all off by default.
+
+    Spatial (every network sees it; image and label together): ``rotate_deg`` (+- about each
+    axis), ``scale`` (+- fraction), applied with probability ``spatial_prob``. Intensity (the
+    segmenters' inputs only, so translations keep their units): the probability of each of
+    MONAI's ``RandBiasField``, ``RandHistogramShift``, ``RandGibbsNoise``, ``RandAdjustContrast``."""
+
+    rotate_deg: float = Field(0.0, ge=0, le=30)
+    scale: float = Field(0.0, ge=0, lt=0.5)
+    spatial_prob: float = Field(0.5, ge=0, le=1)
+    bias_field: float = Field(0.0, ge=0, le=1)
+    histogram_shift: float = Field(0.0, ge=0, le=1)
+    gibbs: float = Field(0.0, ge=0, le=1)
+    contrast: float = Field(0.0, ge=0, le=1)
+
+    def spatial(self, patch_size: tuple[int, int, int]):  # noqa: ANN201
+        """The :class:`~medgan.data.augment.SpatialAugment` of these settings, or ``None`` when off."""
+        from medgan.data.augment import SpatialAugment
+
+        if (self.rotate_deg == 0 and self.scale == 0) or self.spatial_prob == 0:
+            return None
+        return SpatialAugment(patch_size, self.rotate_deg, self.scale, self.spatial_prob)
+
+    def intensity(self):  # noqa: ANN201
+        """The :class:`~medgan.data.augment.IntensityAugment` of these settings (``active`` False when off)."""
+        from medgan.data.augment import IntensityAugment
+
+        return IntensityAugment(self.bias_field, self.histogram_shift, self.gibbs, self.contrast)
+
+
 class DomainConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$", description="short modality name used in network names, e.g. CT")
     intensity: IntensityConfig = IntensityConfig()
     labels: LabelConfig | None = None
     data: DataSource
+    augment: AugmentConfig = AugmentConfig()
 
 
 class PipelineConfig(_Strict):
@@ -160,6 +203,7 @@ def domain_preprocessor(domain: DomainConfig, spacing_mm: tuple[float, float, fl
         spacing_mm=spacing_mm,
         scaling_kind=domain.intensity.kind,
         window=domain.intensity.window,
+        knots=tuple(tuple(k) for k in domain.intensity.knots),
         percentiles=domain.intensity.percentiles,
         label_mapper=domain.labels.mapper(classes) if (domain.labels and classes) else None,
     )

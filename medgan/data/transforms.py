@@ -278,6 +278,7 @@ class DomainPreprocessor:
         window: HU window for ``"window"``.
         percentiles: percentiles (in %) for ``"percentile"``.
         label_mapper: raw ids -> shared classes; ``None`` when the domain has no labels.
+        knots: interior ``(HU, unit)`` pairs of a piecewise-linear ``"window"``.
     """
 
     spacing_mm: Sequence[float]
@@ -285,10 +286,16 @@ class DomainPreprocessor:
     window: tuple[float, float] = (-1024.0, 2000.0)
     percentiles: tuple[float, float] = (0.5, 99.5)
     label_mapper: LabelMapper | None = None
+    knots: tuple[tuple[float, float], ...] = ()
 
     def scaling_for(self, volume: Volume) -> IntensityScaling:
         """This volume's intensity scaling (fixed window, or its own percentiles)."""
-        return fit_scaling(volume.array, self.scaling_kind, self.window, self.percentiles)
+        return fit_scaling(volume.array, self.scaling_kind, self.window, self.percentiles, self.knots)
+
+    @property
+    def window_scaling(self) -> IntensityScaling:
+        """The fixed HU scaling of a ``"window"`` domain (window and knots)."""
+        return IntensityScaling(*self.window, self.knots)
 
     def image(self, volume: Volume) -> tuple[MetaTensor, IntensityScaling]:
         """Volume -> ``(1, D, H, W)`` in [-1, 1] on the canonical grid, and its scaling."""
@@ -303,7 +310,7 @@ class DomainPreprocessor:
 
         x = image[0].detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)[0]
         if self.scaling_kind == "window":
-            return body_mask(IntensityScaling(*self.window).inverse(x))
+            return body_mask(self.window_scaling.inverse(x))
         return mr_body_mask(x)
 
     def statistics(self, image: torch.Tensor, grid: Grid, body: np.ndarray, label: torch.Tensor | None = None) -> dict:
@@ -317,7 +324,7 @@ class DomainPreprocessor:
         classes = self.label_mapper.classes if self.label_mapper is not None and label is not None else ()
         return scan_statistics(
             x, body, self.spacing_mm, grid.affine, grid.shape,
-            hu=IntensityScaling(*self.window).inverse(x) if ct else None, window=tuple(self.window) if ct else None,
+            hu=self.window_scaling.inverse(x) if ct else None, window=tuple(self.window) if ct else None,
             labels=label[0].detach().cpu().numpy().round().astype(np.int64) if classes else None, classes=classes)
 
     def training_volume(self, entry: dict, patch_size: Sequence[int], exclude_inferior: float = 0.0,
@@ -367,22 +374,27 @@ class PatchDataset(torch.utils.data.Dataset):
     anywhere (unlabelled ones). Stateless, so a resumed run draws exactly the patches an
     uninterrupted run would.
 
+    With ``spatial`` (:class:`medgan.data.augment.SpatialAugment`) the crop is that many times
+    larger (up to the volume's size) and is rotated and scaled onto the patch.
+
     Returns dicts with ``image (1, *patch_size)`` float32 in [-1, 1], ``label (1, *patch_size)``
     int64 class indices, ``has_label`` bool.
     """
 
     def __init__(
-        self, volumes: list[dict], patch_size: Sequence[int], seed: int, length: int, pos: float = 2.0, neg: float = 1.0
+        self, volumes: list[dict], patch_size: Sequence[int], seed: int, length: int, pos: float = 2.0, neg: float = 1.0,
+        spatial=None,  # noqa: ANN001 - medgan.data.augment.SpatialAugment
     ) -> None:
         if not volumes:
             raise ValueError("no training volumes")
-        self.volumes, self.seed, self.length = volumes, int(seed), int(length)
+        self.volumes, self.seed, self.length, self.spatial = volumes, int(seed), int(length), spatial
         keys = [Keys.IMAGE.value, Keys.LABEL.value]
+        size = list(spatial.crop_size if spatial is not None else patch_size)
         self.labelled_crop = RandCropByPosNegLabeld(
-            keys=keys, label_key=Keys.LABEL.value, spatial_size=list(patch_size), pos=pos, neg=neg,
-            fg_indices_key=Keys.FG_INDICES.value, bg_indices_key=Keys.BG_INDICES.value,
+            keys=keys, label_key=Keys.LABEL.value, spatial_size=size, pos=pos, neg=neg,
+            fg_indices_key=Keys.FG_INDICES.value, bg_indices_key=Keys.BG_INDICES.value, allow_smaller=spatial is not None,
         )
-        self.random_crop = RandSpatialCropd(keys=keys, roi_size=list(patch_size), random_size=False)
+        self.random_crop = RandSpatialCropd(keys=keys, roi_size=size, random_size=False)
 
     def __len__(self) -> int:
         return self.length
@@ -393,8 +405,11 @@ class PatchDataset(torch.utils.data.Dataset):
         labelled = vol[Keys.HAS_LABEL.value] and len(vol[Keys.FG_INDICES.value]) > 0
         crop = self.labelled_crop if labelled else self.random_crop
         crop.set_random_state(seed=int(rng.integers(2**31 - 1)))
-        out = crop(vol)
+        out = crop(vol)  # with spatial: the larger crop (clipped to the volume), then onto the patch
         out = out[0] if isinstance(out, list) else out
+        if self.spatial is not None:
+            out = self.spatial({Keys.IMAGE.value: _plain(out[Keys.IMAGE.value]), Keys.LABEL.value: _plain(out[Keys.LABEL.value])},
+                               seed=int(rng.integers(2**31 - 1)))
         # plain tensors: MetaTensors would carry their metadata into batches, pools and checkpoints
         return {
             Keys.IMAGE.value: _plain(out[Keys.IMAGE.value]).float().contiguous(),

@@ -234,7 +234,7 @@ class Trainer(ABC):
         mean intensity scaling and training statistics (``self.training_stats``, for the QA
         sheet's out-of-distribution checks), both stored in the checkpoint."""
         t = self.cfg.train
-        self.datasets, self.normalization, self.training_stats = {}, {}, {}
+        self.datasets, self.normalization, self.training_stats, self.seg_augment = {}, {}, {}, {}
         for i, dom in enumerate(domains):
             pre = preprocessor(dom)
             made = [pre.training_volume(e, t.patch_size, with_stats=True) for e in dom.data.datalist()]
@@ -243,9 +243,21 @@ class Trainer(ABC):
             vols, scalings = zip(*made)
             self.training_stats[dom.name] = training_statistics([v.pop("stats") for v in vols])
             logger.info("%s: %d volumes (%d labelled)", dom.name, len(vols), sum(v[Keys.HAS_LABEL.value] for v in vols))
+            augment = getattr(dom, "augment", None)
             self.datasets[dom.name] = PatchDataset(list(vols), t.patch_size, seed=self.seed(i),
-                                                   length=self.total_iterations() * t.batch_size, pos=t.crop_pos, neg=t.crop_neg)
+                                                   length=self.total_iterations() * t.batch_size, pos=t.crop_pos, neg=t.crop_neg,
+                                                   spatial=augment.spatial(t.patch_size) if augment is not None else None)
+            self.seg_augment[dom.name] = augment.intensity() if augment is not None else None
             self.normalization[dom.name] = {"kind": dom.intensity.kind, **mean_scaling(list(scalings)).to_dict()}
+
+    def seg_input(self, domain: str, x: torch.Tensor, part: int = 0) -> torch.Tensor:
+        """``x (B, 1, D, H, W)``, an input of a segmenter of ``domain``, through that domain's
+        intensity augmentation (``augment``; ``x`` itself when it has none), seeded by the run's
+        seed, the iteration and ``part`` (one per input of an iteration): resumable exactly."""
+        aug = getattr(self, "seg_augment", {}).get(domain)
+        if aug is None or not aug.active:
+            return x
+        return aug(x, seed=self.seed(7919 * self.iteration + 97 * part + 5))
 
     def joined(self, loss: torch.Tensor | None, pred: torch.Tensor) -> torch.Tensor | None:
         """``loss``, or under DDP a zero loss joined to ``pred`` when there is none (a batch

@@ -16,16 +16,17 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medgan.config import InputPath
-from medgan.pipelines.data_config import IntensityConfig, LabelConfig, PipelineConfig, _Strict
+from medgan.pipelines.data_config import AugmentConfig, IntensityConfig, LabelConfig, PipelineConfig, _Strict
 
-Row = Literal["no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "supervised"]
-ROWS: tuple[str, ...] = ("no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "supervised")
+Row = Literal["no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "self_training", "supervised"]
+ROWS: tuple[str, ...] = ("no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "self_training", "supervised")
 ROW_TITLES = {
     "no_adaptation": "no adaptation (S trained on CT)",
     "cyclegan_plain": "plain CycleGAN (S_MR on translated CT)",
     "cyclegan_shape": "shape-consistent CycleGAN (Zhang et al. 2018)",
     "adda": "ADDA (Tzeng et al. 2017)",
     "cycada": "pixel + feature level (CyCADA-style)",
+    "self_training": "shape-consistent + pseudo-label self-training",
     "supervised": "supervised upper bound (training MR labels)",
 }
 
@@ -37,6 +38,7 @@ class Side(_Strict):
     folder: InputPath
     labels: LabelConfig
     intensity: IntensityConfig = IntensityConfig()
+    augment: AugmentConfig = AugmentConfig()
 
 
 class Split(_Strict):
@@ -96,6 +98,8 @@ class BenchmarkConfig(PipelineConfig):
     patch_size: tuple[int, int, int] = (80, 80, 32)
     seg_features: tuple[int, int, int, int, int, int] = (16, 16, 32, 64, 128, 16)
     iters: int = Field(600, ge=1, description="iterations of each CycleGAN run and of each ADDA stage")
+    seg_lr: float = Field(1e-3, gt=0, description="Adam learning rate of every row's segmenter (ADDA's lr_source, the "
+                          "CycleGAN's optim.seg_lr): the same segmenter trained the same way in each row")
     cyclegan: list[str] = Field(default_factory=list, description="extra overrides of every CycleGAN run (key=value)")
     adda: list[str] = Field(default_factory=list, description="extra overrides of every ADDA run (key=value)")
     device: str = "auto"

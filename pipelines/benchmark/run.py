@@ -9,6 +9,9 @@ Rows (the same segmenter architecture, spacing and patch size in each):
 - **ADDA** (Tzeng et al., CVPR 2017): the source segmenter's encoder adapted to MR;
 - **pixel + feature level** (CyCADA-style, Hoffman et al., ICML 2018): ADDA whose source is the CT
   translated to MR by the shape-consistent CycleGAN;
+- **self-training**: the shape-consistent model's S_MR labels the (unlabelled) training MRs and
+  the same segmenter is trained on those pseudo-labels (the self-training stage of SDC-UDA, CVPR
+  2023, and of FLARE CT -> MR entries; hard labels, no confidence filtering);
 - **supervised upper bound**: the same segmenter trained on the training MRs' own labels.
 
 Unsupervised rows train on unlabelled training MRs (not even their crops are centred with the
@@ -38,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 def _side(side: Side, files: list[dict], name: str | None = None) -> dict:
     return {"name": name or side.name, "intensity": side.intensity.model_dump(mode="json"),
-            "labels": side.labels.model_dump(mode="json"), "data": {"files": files}}
+            "labels": side.labels.model_dump(mode="json"), "data": {"files": files},
+            "augment": side.augment.model_dump(mode="json")}
 
 
 def _configured(schema: type, tree: dict, overrides: list[str]):  # noqa: ANN202
@@ -59,17 +63,21 @@ def _cyclegan(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: Path, s
     tree = {"classes": cfg.classes, "domain_a": _side(cfg.source, ct), "domain_b": _side(cfg.target, mr),
             "network": {"seg_features": list(cfg.seg_features)},
             "loss": {"lambda_shape": 1.0 if shape else 0.0, "lambda_seg_fake": 1.0},
-            "optim": {"n_iters": cfg.iters}, "train": {**_train_block(cfg, out), "png_every": cfg.iters}}
+            "optim": {"n_iters": cfg.iters, "seg_lr": cfg.seg_lr}, "train": {**_train_block(cfg, out), "png_every": cfg.iters}}
     return train(_configured(CycleGANConfig, tree, cfg.cyclegan), progress=False)
 
 
-def _adda(cfg: BenchmarkConfig, source: dict, mr: list[dict], out: Path, supervised: bool = False) -> Path:
+def _adda(cfg: BenchmarkConfig, source: dict, mr: list[dict] | dict, out: Path, supervised: bool = False,
+          target_side: bool = False) -> Path:
+    """ADDA (or with ``supervised`` its oracle stage only) on ``source`` and the target MRs ``mr``
+    (datalist entries, or with ``target_side`` a whole domain section, e.g. with pseudo-labels)."""
     from medgan.pipelines.adda.config import AddaConfig
     from medgan.pipelines.adda.trainer import train_adda
 
     stages = {"n_source_iters": 1, "n_adapt_iters": 0, "n_oracle_iters": cfg.iters} if supervised else \
         {"n_source_iters": cfg.iters, "n_adapt_iters": cfg.iters, "n_oracle_iters": 0}
-    tree = {"classes": cfg.classes, "source": source, "target": _side(cfg.target, mr),
+    stages["lr_source"] = cfg.seg_lr
+    tree = {"classes": cfg.classes, "source": source, "target": mr if target_side else _side(cfg.target, mr),
             "network": {"seg_features": list(cfg.seg_features)}, "optim": stages, "train": _train_block(cfg, out)}
     return train_adda(_configured(AddaConfig, tree, cfg.adda), progress=False)
 
@@ -156,7 +164,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                     results["segmentation"][row] = _score(lambda v, e=enc: model.segment_volume(v, e), test, mapper, cfg.classes)
         timed("no_adaptation + adda", adda_rows)
     for row, shape in (("cyclegan_plain", False), ("cyclegan_shape", True)):
-        if row in rows or (shape and ("cycada" in rows or cfg.histmatch_baseline)):
+        if row in rows or (shape and ("cycada" in rows or "self_training" in rows or cfg.histmatch_baseline)):
             def cg(row: str = row, shape: bool = shape) -> None:
                 ckpts[row] = _cyclegan(cfg, ct, unlabelled, out / row, shape)
                 tr = Translator(ckpts[row], cfg.device)
@@ -177,6 +185,23 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             model = AddaSegmenter(_adda(cfg, source, unlabelled, out / "cycada/adda"), cfg.device)
             results["segmentation"]["cycada"] = _score(lambda v: model.segment_volume(v, "adapted"), test, mapper, cfg.classes)
         timed("cycada", cycada)
+    if "self_training" in rows:
+        def self_training() -> None:
+            from medgan.io import write_nifti
+
+            tr = Translator(ckpts["cyclegan_shape"], cfg.device)
+            pseudo = []
+            for e in unlabelled:  # the training MRs only: the test subjects never get a pseudo-label
+                vol = read_volume(e["image"])
+                path = out / "self_training/pseudo" / f"{strip_image_suffix(Path(e['image']))}_pseudo.nii.gz"
+                write_nifti(path, tr.segment_volume(vol, cfg.target.name), vol.affine, dtype=np.uint8)
+                pseudo.append({"image": e["image"], "label": str(path)})
+            # the pseudo-label maps hold class indices 1..K in the order of cfg.classes
+            side = {**_side(cfg.target, pseudo), "labels": {"ids": {c: [i] for i, c in enumerate(cfg.classes, start=1)}}}
+            model = AddaSegmenter(_adda(cfg, _side(cfg.source, ct), side, out / "self_training", supervised=True, target_side=True),
+                                  cfg.device)
+            results["segmentation"]["self_training"] = _score(lambda v: model.segment_volume(v, "oracle"), test, mapper, cfg.classes)
+        timed("self_training", self_training)
     if "supervised" in rows:
         def supervised() -> None:
             model = AddaSegmenter(_adda(cfg, _side(cfg.source, ct), labelled, out / "supervised", supervised=True), cfg.device)

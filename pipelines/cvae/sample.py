@@ -60,7 +60,7 @@ class CVAESampler:
         self.model.to(self.device).eval()
         d = self.config.domain
         self.pre = domain_preprocessor(d, self.config.train.spacing_mm, self.config.classes)
-        self.scaling = IntensityScaling(self.meta["normalization"][d.name]["lower"], self.meta["normalization"][d.name]["upper"])
+        self.scaling = IntensityScaling.from_dict(self.meta["normalization"][d.name])
         # class index -> a raw id of the domain's label space (the first one), to write raw label maps
         lut = self.pre.label_mapper.lut
         self.raw_id = np.zeros(len(self.config.classes) + 1, dtype=np.int64)

@@ -44,8 +44,15 @@ class LossConfig(_Strict):
 
 
 class OptimConfig(_Strict):
+    """Adam for the generators and discriminators (``lr``, ``betas``: Zhu et al. 2017's 2e-4,
+    (0.5, 0.999)) and for the segmenters (``seg_lr``, ``seg_betas``; default the same). A U-Net
+    segmenter learns far faster at a segmentation rate: 1e-3 with (0.9, 0.999), what ADDA's
+    source segmenter uses here (``configs/phantom.yaml``, the benchmark)."""
+
     lr: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
+    seg_lr: float | None = Field(None, gt=0, description="segmenters' Adam learning rate; default lr")
+    seg_betas: tuple[float, float] | None = Field(None, description="segmenters' Adam betas; default betas")
     n_iters: int = Field(1000, ge=1)
     decay_start: int | None = Field(None, ge=0, description="iteration where the linear decay to 0 begins; default n_iters // 2")
 

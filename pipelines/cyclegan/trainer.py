@@ -86,7 +86,8 @@ class CycleGANTrainer(Trainer):
         groups = {"G": [n.g_ab, n.g_ba], "D": [n.d_a, n.d_b]}
         if self.has_seg:
             groups["S"] = [n.s_a, n.s_b]
-        return {g: torch.optim.Adam([p for k in ks for p in self.nets[k].parameters()], lr=o.lr, betas=o.betas)
+        settings = {"G": (o.lr, o.betas), "D": (o.lr, o.betas), "S": (o.seg_lr or o.lr, o.seg_betas or o.betas)}
+        return {g: torch.optim.Adam([p for k in ks for p in self.nets[k].parameters()], lr=settings[g][0], betas=settings[g][1])
                 for g, ks in groups.items()}
 
     def build_schedulers(self) -> dict:
@@ -185,15 +186,16 @@ class CycleGANTrainer(Trainer):
         with their source's labels (Zhang et al. sec. 3.3)."""
         n, lc = self.names, self.cfg.loss
         set_requires_grad([self.nets[n.s_a], self.nets[n.s_b]], True)
-        parts = [(f"{n.s_a}_real", n.s_a, batch_a["x"], batch_a["y"], batch_a["m"], 1.0),
-                 (f"{n.s_b}_real", n.s_b, batch_b["x"], batch_b["y"], batch_b["m"], 1.0)]
+        parts = [(f"{n.s_a}_real", n.a, batch_a["x"], batch_a["y"], batch_a["m"], 1.0),
+                 (f"{n.s_b}_real", n.b, batch_b["x"], batch_b["y"], batch_b["m"], 1.0)]
         if seg_on and lc.lambda_seg_fake > 0:
-            parts += [(f"{n.s_a}_fake", n.s_a, fakes["fake_a"], batch_b["y"], batch_b["m"], lc.lambda_seg_fake),
-                      (f"{n.s_b}_fake", n.s_b, fakes["fake_b"], batch_a["y"], batch_a["m"], lc.lambda_seg_fake)]
+            parts += [(f"{n.s_a}_fake", n.a, fakes["fake_a"], batch_b["y"], batch_b["m"], lc.lambda_seg_fake),
+                      (f"{n.s_b}_fake", n.b, fakes["fake_b"], batch_a["y"], batch_a["m"], lc.lambda_seg_fake)]
         terms, labelled, total = {}, set(), None
         with self.autocast():
-            for name, seg, x, y, m, w in parts:
-                pred = self.net(seg)(x)
+            for part, (name, domain, x, y, m, w) in enumerate(parts):
+                # the domain's intensity augmentation (augment), on the segmenters' inputs only
+                pred = self.net(f"S_{domain}")(self.seg_input(domain, x, part))
                 loss = self.joined(self.seg_loss(pred, y, m), pred)
                 if loss is not None:
                     terms[name] = loss

@@ -75,7 +75,7 @@ class Translator:
         load_networks(self.folder, dict(self.nets.items()))
         self.nets.to(self.device).eval()
         self.scaling = {
-            name: IntensityScaling(v["lower"], v["upper"]) for name, v in self.meta["normalization"].items()
+            name: IntensityScaling.from_dict(v) for name, v in self.meta["normalization"].items()
         }
         self._pre = preprocessors
 
@@ -221,7 +221,10 @@ class CycleGANTask:
         if self.tta:
             ys = torch.stack([self.tr.translate_tensor(x.flip(f), direction).flip(f) if f else
                               self.tr.translate_tensor(x, direction) for f in TTA_FLIPS[:self.tta]])
-            y, std = ys.mean(0), ys.std(0, unbiased=False)
+            # mean and spread in the target's units (HU): the scaling may be piecewise linear
+            scaling = self.tr.scaling[self.tgt]
+            units = scaling.inverse(ys.float())
+            y, std = scaling.forward(units.mean(0)), units.std(0, unbiased=False)
         else:
             y = self.tr.translate_tensor(x, direction)
         seg = self.tr.segment_tensor(y, self.tgt) if self.segment else None
@@ -236,14 +239,14 @@ class CycleGANTask:
 
     def finish(self, grid: Grid, prepared: Prepared, result) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
         (y, seg, std), image = result, prepared.image
-        # the intensity map is affine and linear interpolation commutes with it: invert on the
-        # small canonical tensor, then resample once onto the (large) input grid
+        # invert on the small canonical tensor (exact, also for a piecewise-linear map), then
+        # resample the HU once onto the (large) input grid
         units = self._units(prepared, y)
         out = {"": (to_input_grid(units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)}
         if seg is not None:
             out["_seg"] = (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape), np.uint8)
         if std is not None:
-            std_units = std.float() * self.tr.scaling[self.tgt].slope
+            std_units = std.float().clone()
             if prepared.air_body is not None:
                 std_units[:, ~prepared.air_body] = 0.0  # set to air in every pass
             out["_std"] = (to_input_grid(std_units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)
@@ -256,12 +259,11 @@ class CycleGANTask:
         figures and warnings (``qa``) and its PNG (``_qa.png``, :func:`medgan.qa.scan_qa`)."""
         y, seg, std = result
         fields: dict = {}
-        scale = self.tr.scaling[self.tgt].slope
         if std is not None:
             stats: dict = {"passes": self.tta, "flips": [list(f) for f in TTA_FLIPS[:self.tta]],
-                           "mean_std_in_volume": round(float(std.float().mean()) * scale, 3)}
+                           "mean_std_in_volume": round(float(std.float().mean()), 3)}
             if seg is not None:
-                s = std[0].float() * scale
+                s = std[0].float()
                 stats["mean_std_per_class"] = {
                     name: round(float(s[seg == c].mean()), 3) for c, name in enumerate(self.tr.classes, start=1)
                     if bool((seg == c).any())}
@@ -278,7 +280,7 @@ class CycleGANTask:
             {"source": ts.get(self.src), "target": ts.get(self.tgt)} if ts else None,
             "HU" if ct else f"{self.tgt} training scale", tuple(tgt_pre.window) if ct else None,
             seg=seg.numpy() if seg is not None else None, classes=self.tr.classes,
-            std=(std[0].float() * scale).numpy() if std is not None else None)
+            std=std[0].float().numpy() if std is not None else None)
         fields["qa"] = sheet.summary
         return fields, {"_qa.png": sheet.png}
 

@@ -103,9 +103,10 @@ def perception_encoder(config: PairedConfig) -> nn.Module:
         raise ValueError(f"{folder}: {name} was trained at {seg_cfg.train.spacing_mm} mm, this model at "
                          f"{config.train.spacing_mm} mm; the perception features need the same spacing")
     seg_window = seg_cfg.domain(config.target.name).intensity
-    if (seg_window.kind, tuple(seg_window.window)) != (config.target.intensity.kind, tuple(config.target.intensity.window)):
-        raise ValueError(f"{folder}: {name} reads {seg_window.kind} {seg_window.window}, this model's {config.target.name} "
-                         f"is {config.target.intensity.kind} {config.target.intensity.window}; they must match")
+    mine = config.target.intensity
+    if (seg_window.kind, tuple(seg_window.window), seg_window.knots) != (mine.kind, tuple(mine.window), mine.knots):
+        raise ValueError(f"{folder}: {name} reads {seg_window.kind} {seg_window.window} knots {seg_window.knots}, this "
+                         f"model's {config.target.name} is {mine.kind} {mine.window} knots {mine.knots}; they must match")
     load_networks(folder, {name: nets[name]})
     return UNetEncoder(nets[name])
 

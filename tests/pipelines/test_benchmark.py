@@ -55,11 +55,12 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
         (s,) = res["segmentation"][row]
         assert s["subject"] == "chaos-t2-02" and set(s["dice"]) == set(cfg.classes) and set(s["hd95_mm"]) == set(cfg.classes)
     md = (tmp_path / "b/table.md").read_text()
-    for row in ("no adaptation", "plain CycleGAN", "shape-consistent", "ADDA", "CyCADA", "supervised", "histogram matching"):
+    for row in ("no adaptation", "plain CycleGAN", "shape-consistent", "ADDA", "CyCADA", "self-training", "supervised", "histogram matching"):
         assert row in md
     assert "chaos-t2-02" in md and "chaos-t2-01" not in md.split("test")[-1].split("\n")[0]
     lines = (tmp_path / "b/table.csv").read_text().splitlines()
-    assert lines[0] == "table,row,organ,metric,mean,std,n" and len(lines) == 1 + 6 * 4 * 2 + 3 * 4 * 3
-    # the test subject entered no training step: not in any training config
+    assert lines[0] == "table,row,organ,metric,mean,std,n" and len(lines) == 1 + len(ROWS) * 4 * 2 + 3 * 4 * 3
+    # pseudo-labels only for the training MR; the test subject entered no training step
+    assert [p.name for p in (tmp_path / "b/self_training/pseudo").iterdir()] == ["chaos-t2-01_pseudo.nii.gz"]
     for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):
         assert "chaos-t2-02" not in cfg_file.read_text(), cfg_file

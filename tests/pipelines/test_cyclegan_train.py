@@ -24,12 +24,18 @@ def test_training_steps_lower_the_cycle_loss(tmp_path):
     assert sum(cycles[-3:]) / 3 < 0.7 * sum(cycles[:3]) / 3, cycles
 
 
-def test_resume_gives_the_same_next_losses(tmp_path):
-    full = CycleGANTrainer(tiny_config(tmp_path / "full", "optim.n_iters=4", "train.pool_size=1"), progress=False)
+AUGMENTED = ("domain_a.augment.rotate_deg=10", "domain_a.augment.scale=0.1", "domain_a.augment.spatial_prob=1",
+             "domain_b.augment.bias_field=1", "domain_b.augment.histogram_shift=1", "domain_b.augment.gibbs=1",
+             "domain_b.augment.contrast=1", "domain_a.intensity.knots=[[-200,-0.6],[300,0.6]]", "optim.seg_lr=1e-3")
+
+
+@pytest.mark.parametrize("extra", [(), AUGMENTED], ids=["plain", "augmented"])
+def test_resume_gives_the_same_next_losses(tmp_path, extra):
+    full = CycleGANTrainer(tiny_config(tmp_path / "full", "optim.n_iters=4", "train.pool_size=1", *extra), progress=False)
     full.fit()
-    part = CycleGANTrainer(tiny_config(tmp_path / "part", "optim.n_iters=4", "train.pool_size=1"), progress=False)
+    part = CycleGANTrainer(tiny_config(tmp_path / "part", "optim.n_iters=4", "train.pool_size=1", *extra), progress=False)
     ckpt = part.fit(n_iters=2)
-    resumed = CycleGANTrainer(tiny_config(tmp_path / "part", "optim.n_iters=4", "train.pool_size=1"), resume=ckpt, progress=False)
+    resumed = CycleGANTrainer(tiny_config(tmp_path / "part", "optim.n_iters=4", "train.pool_size=1", *extra), resume=ckpt, progress=False)
     assert resumed.iteration == 2
     resumed.fit()
     assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", 4, 2)

@@ -1,0 +1,113 @@
+"""Training augmentation of a domain's patches: spatial (image and label together) and intensity
+(the segmenters' inputs only), both MONAI transforms, seeded per item so that a resumed run
+draws exactly what an uninterrupted one would.
+
+- **Spatial** (:class:`SpatialAugment`): MONAI ``RandAffined`` (rotation about each axis, isotropic
+  scaling) on a crop larger than the patch, resampled to the patch size: what the networks see
+  varies in pose and size although the data is one subject (the benchmark's labelled CT side).
+  Zero padding of the resampling would be grey in [-1, 1], so the image is shifted to [0, 2]
+  around it: outside the volume is the lowest intensity (air), as for the patch padding.
+- **Intensity** (:class:`IntensityAugment`): MONAI ``RandBiasField``, ``RandHistogramShift``,
+  ``RandGibbsNoise`` and ``RandAdjustContrast``, each with its own probability, the contrast and
+  protocol variation a segmenter should be robust to (the "modality-robust segmenter" lever of
+  medgan issue 15; e.g. Billot et al., SynthSeg, MedIA 2023, for the rationale). Applied only to
+  what a segmenter trains on: a CycleGAN's discriminators and cycle losses see the volumes as
+  they are, so a synthetic CT keeps its HU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAdjustContrast,
+    RandAffined,
+    RandBiasField,
+    RandGibbsNoise,
+    RandHistogramShift,
+)
+
+from medgan.keys import Keys
+
+#: the crop taken around a patch before a spatial augmentation, per unit of patch size: room for
+#: a rotation of up to about 15 degrees and a down-scaling of 15 % without reaching its corners
+SPATIAL_MARGIN = 1.3
+
+
+class SpatialAugment:
+    """Random rotation (``rotate_deg`` about each axis, uniform in +-) and isotropic scaling
+    (``1 +- scale``) of an ``image (1, D, H, W)`` in [-1, 1] and its ``label`` with probability
+    ``prob``, resampled (bilinear / nearest) onto a ``patch_size`` grid at the crop's centre.
+
+    Raises:
+        ValueError: a negative range or a probability outside [0, 1].
+    """
+
+    def __init__(self, patch_size: Sequence[int], rotate_deg: float, scale: float, prob: float) -> None:
+        if rotate_deg < 0 or scale < 0 or not 0 <= prob <= 1:
+            raise ValueError(f"spatial augmentation: rotate_deg {rotate_deg} and scale {scale} must be >= 0, prob {prob} in [0, 1]")
+        r = math.radians(rotate_deg)
+        keys = [Keys.IMAGE.value, Keys.LABEL.value]
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.crop_size = tuple(int(math.ceil(p * SPATIAL_MARGIN)) for p in self.patch_size)
+        self.affine = RandAffined(keys=keys, spatial_size=self.patch_size, prob=prob, rotate_range=(r, r, r),
+                                  scale_range=(scale, scale, scale), mode=("bilinear", "nearest"),
+                                  padding_mode="zeros", lazy=False)
+
+    def __call__(self, item: dict, seed: int) -> dict:
+        """``item`` with ``image`` and ``label`` of the crop size -> the same keys at ``patch_size``."""
+        self.affine.set_random_state(seed=seed)
+        shifted = {**item, Keys.IMAGE.value: item[Keys.IMAGE.value] + 1.0, Keys.LABEL.value: item[Keys.LABEL.value].float()}
+        out = self.affine(shifted)
+        return {**item, Keys.IMAGE.value: _plain(out[Keys.IMAGE.value]).float() - 1.0,
+                Keys.LABEL.value: _plain(out[Keys.LABEL.value]).round().long()}
+
+
+class IntensityAugment:
+    """Random bias field, histogram shift, Gibbs ringing and gamma contrast of a batch ``x (B, 1,
+    D, H, W)`` in [-1, 1], each with its probability; the result is clipped to [-1, 1].
+
+    The bias field multiplies the intensities in [0, 1] (``(x + 1) / 2``), where air stays dark.
+    """
+
+    def __init__(self, bias_field: float = 0.0, histogram_shift: float = 0.0, gibbs: float = 0.0,
+                 contrast: float = 0.0) -> None:
+        for name, p in (("bias_field", bias_field), ("histogram_shift", histogram_shift), ("gibbs", gibbs), ("contrast", contrast)):
+            if not 0 <= p <= 1:
+                raise ValueError(f"intensity augmentation: {name} probability {p} must lie in [0, 1]")
+        self.bias = RandBiasField(coeff_range=(0.0, 0.3), prob=bias_field) if bias_field else None
+        rest = [RandHistogramShift(num_control_points=(5, 10), prob=histogram_shift) if histogram_shift else None,
+                RandGibbsNoise(prob=gibbs, alpha=(0.0, 0.6)) if gibbs else None,
+                RandAdjustContrast(prob=contrast, gamma=(0.6, 1.6)) if contrast else None]
+        self.rest = Compose([t for t in rest if t is not None]) if any(t is not None for t in rest) else None
+
+    @property
+    def active(self) -> bool:
+        return self.bias is not None or self.rest is not None
+
+    def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        if not self.active:
+            return x
+        rng = np.random.default_rng(seed)
+        out = []
+        for sample in x.detach().float().cpu():
+            s = sample
+            if self.bias is not None:
+                self.bias.set_random_state(seed=int(rng.integers(2**31 - 1)))
+                s = _plain(self.bias((s + 1.0) / 2.0)) * 2.0 - 1.0
+            if self.rest is not None:
+                self.rest.set_random_state(seed=int(rng.integers(2**31 - 1)))
+                s = _plain(self.rest(s))
+            out.append(s.clamp(-1.0, 1.0))
+        return torch.stack(out).to(x.device, x.dtype)
+
+
+def _plain(x) -> torch.Tensor:  # noqa: ANN001 - MONAI returns MetaTensors
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+__all__ = ["SPATIAL_MARGIN", "IntensityAugment", "SpatialAugment"]

@@ -1,0 +1,58 @@
+"""Training augmentation: deterministic per seed, labels stay labels, air stays air."""
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import FgBgToIndicesd
+
+from medgan.data.augment import IntensityAugment, SpatialAugment
+from medgan.data.transforms import PatchDataset
+from medgan.keys import Keys
+
+
+def _volume() -> dict:
+    img = torch.full((1, 60, 60, 40), -1.0)
+    img[:, 10:50, 10:50, 5:35] = 0.3
+    lab = torch.zeros((1, 60, 60, 40), dtype=torch.long)
+    lab[:, 20:40, 22:38, 10:30] = 1
+    lab[:, 42:46, 20:40, 10:30] = 2
+    return FgBgToIndicesd(keys=Keys.LABEL.value)({Keys.IMAGE.value: img, Keys.LABEL.value: lab, Keys.HAS_LABEL.value: True})
+
+
+def test_spatial_augmentation_moves_image_and_label_together_deterministically():
+    vol = _volume()
+    aug = PatchDataset([vol], (32, 32, 24), seed=0, length=8, spatial=SpatialAugment((32, 32, 24), 20, 0.15, 1.0))
+    plain = PatchDataset([vol], (32, 32, 24), seed=0, length=8)
+    a, b = aug[3], aug[3]
+    assert a[Keys.IMAGE.value].shape == (1, 32, 32, 24) and torch.equal(a[Keys.IMAGE.value], b[Keys.IMAGE.value])
+    assert set(a[Keys.LABEL.value].unique().tolist()) <= {0, 1, 2} and a[Keys.LABEL.value].dtype == torch.int64
+    assert float(a[Keys.IMAGE.value].min()) >= -1.0 - 1e-6  # padding is air (-1), not grey (0)
+    # labelled voxels lie on the organ's intensity (0.3): the label moved with the image
+    img, lab = a[Keys.IMAGE.value], a[Keys.LABEL.value]
+    assert float((img[lab == 1] - 0.3).abs().median()) < 1e-3
+    differs = [not torch.equal(aug[i][Keys.IMAGE.value], plain[i][Keys.IMAGE.value]) for i in range(8)]
+    assert all(differs)
+
+
+def test_spatial_augmentation_off_is_the_centre_crop_of_the_larger_crop():
+    vol = _volume()
+    aug = PatchDataset([vol], (32, 32, 24), seed=1, length=4, spatial=SpatialAugment((32, 32, 24), 20, 0.1, 0.0))
+    item = aug[0]
+    assert item[Keys.IMAGE.value].shape == (1, 32, 32, 24)
+    vals = np.unique(item[Keys.IMAGE.value].numpy())
+    assert np.all(np.isclose(vals, -1.0, atol=1e-6) | np.isclose(vals, 0.3, atol=1e-6)), vals  # only the volume's own values
+
+
+def test_intensity_augmentation_is_seeded_clipped_and_keeps_air():
+    x = torch.full((2, 1, 24, 24, 16), -1.0)
+    x[:, :, 4:20, 4:20, 2:14] = torch.linspace(-0.5, 0.8, 12)
+    aug = IntensityAugment(bias_field=1.0, histogram_shift=1.0, contrast=1.0)
+    y = aug(x, seed=3)
+    assert torch.equal(y, aug(x, seed=3)) and not torch.equal(y, aug(x, seed=4))
+    assert float(y.min()) >= -1 and float(y.max()) <= 1 and not torch.allclose(y, x)
+    assert torch.all(y[x == -1.0] == -1.0)  # air stays the darkest value
+    assert torch.equal(IntensityAugment()(x, seed=0), x)
+    with pytest.raises(ValueError, match="gibbs"):
+        IntensityAugment(gibbs=1.5)
+    gibbs = IntensityAugment(gibbs=1.0)(x, seed=1)
+    assert gibbs.shape == x.shape and not torch.equal(gibbs, x)
