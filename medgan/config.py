@@ -67,6 +67,8 @@ def resolve_input_paths(model: BaseModel, base: Path, cwd: Path, overridden: lis
             update[name] = _absolute(value, cwd if from_override else base)
         elif isinstance(value, BaseModel):
             update[name] = resolve_input_paths(value, base, cwd, overridden, where + ".")
+        elif isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            update[name] = [resolve_input_paths(v, base, cwd, overridden, f"{where}.{i}.") for i, v in enumerate(value)]
     return model.model_copy(update=update)
 
 

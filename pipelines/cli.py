@@ -201,16 +201,18 @@ def evaluate(
 def benchmark(
     config: Path = typer.Argument(..., help="Benchmark YAML (see configs/benchmarks/)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.subkey=value overrides, e.g. iters=100"),
+    rescore: bool = typer.Option(False, help="No training: score the rows already trained in output_dir on the "
+                                 "config's cross_protocol sets and rewrite the tables (refused if trained with another config)."),
 ) -> None:
     """Train every domain-adaptation method on the same data and score each on held-out subjects
-    (Dice/HD95 per organ, synthetic-CT organ HU); writes table.md, table.csv and results.json."""
+    (Dice/HD95 per organ, synthetic-CT organ HU, other protocols); writes table.md, table.csv and results.json."""
     try:
         from medgan.config import load_config
         from medgan.pipelines.benchmark.config import BenchmarkConfig
-        from medgan.pipelines.benchmark.run import run_benchmark
+        from medgan.pipelines.benchmark.run import rescore_cross_protocol, run_benchmark
 
         cfg = load_config(BenchmarkConfig, config, overrides)
-        run_benchmark(cfg)
+        (rescore_cross_protocol if rescore else run_benchmark)(cfg)
     except USER_ERRORS as err:
         _fail(err)
     out.print((Path(cfg.output_dir) / "table.md").read_text(encoding="utf-8"), highlight=False, markup=False)

@@ -41,6 +41,15 @@ class Side(_Strict):
     augment: AugmentConfig = AugmentConfig()
 
 
+class CrossProtocol(_Strict):
+    """Labelled scans of another protocol or dataset (a folder with ``<name>_labels`` beside
+    the images), scored by every segmentation row as they are: no row trains on them."""
+
+    name: str
+    folder: InputPath
+    labels: LabelConfig
+
+
 class Split(_Strict):
     """``file``: a JSON with ``version``, ``train`` and ``test`` subject names (image names without
     suffix); or ``folds`` > 1: fold ``fold`` of k folds over the sorted subjects (test = every
@@ -94,6 +103,7 @@ class BenchmarkConfig(PipelineConfig):
     split: Split
     rows: list[Row] = Field(default_factory=lambda: list(ROWS))
     histmatch_baseline: bool = True
+    cross_protocol: list[CrossProtocol] = Field(default_factory=list, description="extra test sets of other protocols")
     spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
     patch_size: tuple[int, int, int] = (80, 80, 32)
     seg_features: tuple[int, int, int, int, int, int] = (16, 16, 32, 64, 128, 16)

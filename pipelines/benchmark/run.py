@@ -114,6 +114,93 @@ def _sct_rows(ckpt: Path, test: list[dict], out: Path, real_ct: Path, translate_
             for r in rep["results"]]
 
 
+#: where each segmentation row's model lies in the output folder, and how it segments a target scan
+ROW_MODELS = {
+    "no_adaptation": ("adda", "source"), "adda": ("adda", "adapted"), "cyclegan_plain": ("cyclegan_plain", None),
+    "cyclegan_shape": ("cyclegan_shape", None), "cycada": ("cycada/adda", "adapted"),
+    "self_training": ("self_training", "oracle"), "supervised": ("supervised", "oracle"),
+}
+
+
+def row_checkpoint(cfg: BenchmarkConfig, row: str, results: dict) -> Path:
+    """The checkpoint ``row`` was scored with: as ``results`` records it, else the only one in its
+    run folder (a benchmark run writes one per run).
+
+    Raises:
+        ValueError: none, or several there (which one was scored cannot be told).
+    """
+    if row in results.get("checkpoints", {}):
+        return Path(results["checkpoints"][row])
+    found = sorted((Path(cfg.output_dir) / ROW_MODELS[row][0] / "checkpoints").glob("iter_*"))
+    if len(found) != 1:
+        raise ValueError(f"{Path(cfg.output_dir) / ROW_MODELS[row][0]}: {len(found)} checkpoints, expected the run's one")
+    return found[0]
+
+
+def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path):  # noqa: ANN201
+    """``segment(volume) -> class indices`` of the target by ``row``'s model ``checkpoint`` (a
+    CycleGAN's S_<target>, else the ADDA checkpoint's encoder + head, :data:`ROW_MODELS`)."""
+    from medgan.pipelines.adda.segment import AddaSegmenter
+    from medgan.pipelines.cyclegan.translate import Translator
+
+    encoder, path = ROW_MODELS[row][1], checkpoint
+    if encoder is None:
+        tr = Translator(path, cfg.device)
+        return lambda v: tr.segment_volume(v, cfg.target.name)
+    model = AddaSegmenter(path, cfg.device)
+    return lambda v: model.segment_volume(v, encoder)
+
+
+def score_cross_protocol(cfg: BenchmarkConfig, results: dict) -> dict:
+    """Dice/HD95 per organ of each segmentation row of ``results`` (its checkpoint:
+    :func:`row_checkpoint`) on every scan of each ``cfg.cross_protocol`` set: ``{set name: {row:
+    [per-scan scores]}}``.
+
+    Raises:
+        ValueError: a set without labelled scans.
+    """
+    scored: dict = {}
+    for extra in cfg.cross_protocol:
+        entries = [e for e in datalist_from_folder(extra.folder) if e["label"]]
+        if not entries:
+            raise ValueError(f"cross_protocol {extra.name!r}: no labelled scan in {extra.folder}")
+        mapper = extra.labels.mapper(cfg.classes)
+        scored[extra.name] = {row: _score(row_segmenter(cfg, row, row_checkpoint(cfg, row, results)), entries, mapper, cfg.classes)
+                              for row in results["segmentation"]}
+    return scored
+
+
+def rescore_cross_protocol(cfg: BenchmarkConfig) -> dict:
+    """Score an already trained benchmark (``cfg.output_dir`` with its ``results.json``) on
+    ``cfg.cross_protocol`` and rewrite its tables; no training.
+
+    Raises:
+        ValueError: no results there, or the stored benchmark was run with another config.
+    """
+    import yaml
+
+    out = Path(cfg.output_dir)
+    if not (out / "results.json").is_file():
+        raise ValueError(f"{out}: no results.json: run the benchmark first")
+    stored = yaml.safe_load((out / "benchmark.yaml").read_text(encoding="utf-8"))
+    mine = yaml.safe_load(dump_config(cfg))
+    differ = sorted(k for k in set(stored) | set(mine) if k != "cross_protocol" and stored.get(k) != mine.get(k))
+    if differ:
+        raise ValueError(f"{out}: trained with another config (differs in {differ}); its models do not answer for this one")
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results["cross_protocol"] = score_cross_protocol(cfg, results)
+    _write(results, cfg)
+    return results
+
+
+def _write(results: dict, cfg: BenchmarkConfig) -> None:
+    out = Path(cfg.output_dir)
+    results["tables"] = tables(results, cfg.classes)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(out / "table.md", markdown(results, cfg))
+    atomic_write_text(out / "table.csv", _csv(results["tables"]))
+
+
 def _stats(values: list[float]) -> tuple[float, float, int]:
     v = [x for x in values if not math.isnan(x)]
     return (float(np.mean(v)), float(np.std(v)), len(v)) if v else (float("nan"), float("nan"), 0)
@@ -141,7 +228,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         raise ValueError(f"test subjects without labels cannot be scored: {[s for s in test_ids if not target[s]['label']]}")
     mapper = cfg.target.labels.mapper(cfg.classes)
     results: dict = {"split": {"rule": split_note, "train": train_ids, "test": test_ids},
-                     "source": [e["image"] for e in ct], "segmentation": {}, "sct": {}, "seconds": {}}
+                     "source": [e["image"] for e in ct], "segmentation": {}, "sct": {}, "seconds": {}, "checkpoints": {}}
     ckpts: dict[str, Path] = {}
 
     def timed(row: str, fn):  # noqa: ANN001, ANN202
@@ -151,24 +238,26 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         logger.info("benchmark row %s: %.0f s", row, results["seconds"][row])
         return value
 
-    from medgan.pipelines.adda.segment import AddaSegmenter
     from medgan.pipelines.cyclegan.translate import Translator
 
     rows = list(cfg.rows)
+
+    def scored(row: str, checkpoint: Path) -> None:  # the row's model on every test subject
+        results["checkpoints"][row] = str(checkpoint)
+        results["segmentation"][row] = _score(row_segmenter(cfg, row, checkpoint), test, mapper, cfg.classes)
+
     if "no_adaptation" in rows or "adda" in rows:
         def adda_rows() -> None:
             ck = _adda(cfg, _side(cfg.source, ct), unlabelled, out / "adda")
-            model = AddaSegmenter(ck, cfg.device)
-            for row, enc in (("no_adaptation", "source"), ("adda", "adapted")):
+            for row in ("no_adaptation", "adda"):
                 if row in rows:
-                    results["segmentation"][row] = _score(lambda v, e=enc: model.segment_volume(v, e), test, mapper, cfg.classes)
+                    scored(row, ck)
         timed("no_adaptation + adda", adda_rows)
     for row, shape in (("cyclegan_plain", False), ("cyclegan_shape", True)):
         if row in rows or (shape and ("cycada" in rows or "self_training" in rows or cfg.histmatch_baseline)):
             def cg(row: str = row, shape: bool = shape) -> None:
                 ckpts[row] = _cyclegan(cfg, ct, unlabelled, out / row, shape)
-                tr = Translator(ckpts[row], cfg.device)
-                results["segmentation"][row] = _score(lambda v: tr.segment_volume(v, cfg.target.name), test, mapper, cfg.classes)
+                scored(row, ckpts[row])
                 results["sct"][row] = _sct_rows(ckpts[row], test, out / row, cfg.source.folder, translate_with=ckpts[row])
             timed(row, cg)
     if "cycada" in rows:
@@ -182,8 +271,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             files = [{"image": str(out / "cycada/ct2mr" / f"{strip_image_suffix(Path(e['image']))}_ct2mr.nii.gz"),
                       "label": e["label"]} for e in labelled_ct]
             source = {**_side(cfg.source, files, name=f"s{cfg.target.name}"), "intensity": cfg.target.intensity.model_dump(mode="json")}
-            model = AddaSegmenter(_adda(cfg, source, unlabelled, out / "cycada/adda"), cfg.device)
-            results["segmentation"]["cycada"] = _score(lambda v: model.segment_volume(v, "adapted"), test, mapper, cfg.classes)
+            scored("cycada", _adda(cfg, source, unlabelled, out / "cycada/adda"))
         timed("cycada", cycada)
     if "self_training" in rows:
         def self_training() -> None:
@@ -198,14 +286,11 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                 pseudo.append({"image": e["image"], "label": str(path)})
             # the pseudo-label maps hold class indices 1..K in the order of cfg.classes
             side = {**_side(cfg.target, pseudo), "labels": {"ids": {c: [i] for i, c in enumerate(cfg.classes, start=1)}}}
-            model = AddaSegmenter(_adda(cfg, _side(cfg.source, ct), side, out / "self_training", supervised=True, target_side=True),
-                                  cfg.device)
-            results["segmentation"]["self_training"] = _score(lambda v: model.segment_volume(v, "oracle"), test, mapper, cfg.classes)
+            scored("self_training", _adda(cfg, _side(cfg.source, ct), side, out / "self_training", supervised=True, target_side=True))
         timed("self_training", self_training)
     if "supervised" in rows:
         def supervised() -> None:
-            model = AddaSegmenter(_adda(cfg, _side(cfg.source, ct), labelled, out / "supervised", supervised=True), cfg.device)
-            results["segmentation"]["supervised"] = _score(lambda v: model.segment_volume(v, "oracle"), test, mapper, cfg.classes)
+            scored("supervised", _adda(cfg, _side(cfg.source, ct), labelled, out / "supervised", supervised=True))
         timed("supervised", supervised)
     if cfg.histmatch_baseline:
         def histmatch() -> None:
@@ -216,18 +301,23 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                     for e in test]
             results["sct"]["histmatch"] = _sct_rows(ckpts["cyclegan_shape"], made, out / "histmatch", cfg.source.folder)
         timed("histmatch", histmatch)
-    results["tables"] = tables(results, cfg.classes)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(out / "table.md", markdown(results, cfg))
-    atomic_write_text(out / "table.csv", _csv(results["tables"]))
+    if cfg.cross_protocol:
+        results["cross_protocol"] = timed("cross-protocol scoring", lambda: score_cross_protocol(cfg, results))
+    _write(results, cfg)
     return results
 
 
 def tables(results: dict, classes: list[str]) -> dict:
     """Per row and organ: mean, std and n over test subjects of each score."""
     out: dict = {"segmentation": {}, "sct": {}}
-    for row, per in results["segmentation"].items():
-        out["segmentation"][row] = {c: {m: _stats([p[m][c] for p in per]) for m in ("dice", "hd95_mm")} for c in classes}
+
+    def seg_table(per_row: dict) -> dict:
+        return {row: {c: {m: _stats([p[m][c] for p in per]) for m in ("dice", "hd95_mm")} for c in classes}
+                for row, per in per_row.items()}
+
+    out["segmentation"] = seg_table(results["segmentation"])
+    for name, per_row in results.get("cross_protocol", {}).items():
+        out[f"cross_protocol: {name}"] = seg_table(per_row)
     for row, per in results["sct"].items():
         out["sct"][row] = {c: {m: _stats([p[m].get(c, float("nan")) for p in per]) for m in ("abs_median_diff_hu", "median_hu", "dice")}
                            for c in classes}
@@ -247,11 +337,21 @@ def markdown(results: dict, cfg: BenchmarkConfig) -> str:
              "## CT -> MR segmentation on the test MR: Dice / HD95 (mm), mean ± std over test subjects", "",
              "| row | " + " | ".join(cls) + " | mean Dice | time (s) |", "|---" * (len(cls) + 3) + "|"]
     seconds = results["seconds"]
-    for row, per in t["segmentation"].items():
-        means = [per[c]["dice"][0] for c in cls if not math.isnan(per[c]["dice"][0])]
-        sec = next((v for k, v in seconds.items() if row in k.split(" + ") or k == row), "")
-        lines.append(f"| {ROW_TITLES[row]} | " + " | ".join(f"{_pm(per[c]['dice'], '.3f')} / {_pm(per[c]['hd95_mm'], '.1f')}" for c in cls)
-                     + f" | {np.mean(means):.3f} | {sec} |")
+
+    def seg_lines(table: dict, with_time: bool) -> list[str]:
+        made = []
+        for row, per in table.items():
+            means = [per[c]["dice"][0] for c in cls if not math.isnan(per[c]["dice"][0])]
+            sec = next((v for k, v in seconds.items() if row in k.split(" + ") or k == row), "")
+            made.append(f"| {ROW_TITLES[row]} | " + " | ".join(f"{_pm(per[c]['dice'], '.3f')} / {_pm(per[c]['hd95_mm'], '.1f')}" for c in cls)
+                        + f" | {np.mean(means):.3f} |" + (f" {sec} |" if with_time else ""))
+        return made
+
+    lines += seg_lines(t["segmentation"], True)
+    for name, per_row in results.get("cross_protocol", {}).items():
+        subjects = [s["subject"] for s in next(iter(per_row.values()))]
+        lines += ["", f"## Across protocols: {name} ({', '.join(subjects)}; no row trained on it): Dice / HD95 (mm)", "",
+                  "| row | " + " | ".join(cls) + " | mean Dice |", "|---" * (len(cls) + 2) + "|", *seg_lines(t[f"cross_protocol: {name}"], False)]
     if t["sct"]:
         lines += ["", "## Synthetic CT of the test MR: |median HU - real CT median HU| and S_CT Dice, mean ± std over test subjects", "",
                   "The real CT medians come from the labelled source CT, which the models trained on (the only labelled "
@@ -271,7 +371,7 @@ def _csv(t: dict) -> str:
         for row, organs in rows.items():
             for organ, metrics in organs.items():
                 for m, (mean, std, n) in metrics.items():
-                    lines.append(f"{table},{row},{organ},{m},{mean:.6g},{std:.6g},{n}")
+                    lines.append(f"{table.replace(',', ';')},{row},{organ},{m},{mean:.6g},{std:.6g},{n}")
     return "\n".join(lines) + "\n"
 
 

@@ -59,7 +59,18 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
         assert row in md
     assert "chaos-t2-02" in md and "chaos-t2-01" not in md.split("test")[-1].split("\n")[0]
     lines = (tmp_path / "b/table.csv").read_text().splitlines()
-    assert lines[0] == "table,row,organ,metric,mean,std,n" and len(lines) == 1 + len(ROWS) * 4 * 2 + 3 * 4 * 3
+    assert lines[0] == "table,row,organ,metric,mean,std,n" and len(lines) == 1 + 2 * len(ROWS) * 4 * 2 + 3 * 4 * 3
+    # across protocols: every row scored on the TotalSegmentator MR (another protocol, never trained on)
+    cross = res["cross_protocol"]["TotalSegmentator MR"]
+    assert set(cross) == set(ROWS) and all(s[0]["subject"] == "ts-mr-01" for s in cross.values())
+    assert "## Across protocols: TotalSegmentator MR (ts-mr-01" in md
+    from medgan.pipelines.benchmark.run import rescore_cross_protocol
+
+    again = rescore_cross_protocol(cfg)  # no training: the stored checkpoints, the same scores
+    # (compared as JSON: an empty prediction's HD95 is NaN, and NaN != NaN)
+    assert json.dumps(again["cross_protocol"]["TotalSegmentator MR"]) == json.dumps(cross)
+    with pytest.raises(ValueError, match="another config"):
+        rescore_cross_protocol(cfg.model_copy(update={"iters": 3}))
     # pseudo-labels only for the training MR; the test subject entered no training step
     assert [p.name for p in (tmp_path / "b/self_training/pseudo").iterdir()] == ["chaos-t2-01_pseudo.nii.gz"]
     for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):
