@@ -13,7 +13,12 @@ Zhang, Yang & Zheng, CVPR 2018 (arXiv 1802.09655):
 3. Segmenters, on real labelled volumes and (Zhang et al. sec. 3.3) on translated ones:
    ``L_S_A = L_seg(S_A(x_A), y_A) + lambda_seg_fake L_seg(S_A(G_B2A(x_B)), y_B)``, same for S_B.
 
-``L_seg`` is Dice + cross-entropy over the labelled members of the batch. Adam (lr 2e-4, betas
+``L_seg`` is Dice + cross-entropy over the labelled members of the batch. With
+``optim.seg_pretrain_iters`` > 0 the run starts with that many iterations of step 3 on real
+volumes only (no generator or discriminator update, no learning-rate schedule step), so the
+shape-consistency term of step 1 is supervised by segmenters that already work when it starts;
+the ``n_iters`` joint iterations (and ``shape_warmup_iters``, ``decay_start``) count after them.
+Adam (lr 2e-4, betas
 0.5/0.999) with a constant rate then a linear decay to 0. Patches of A and B are drawn
 independently (unpaired). Loop, devices, DDP, bfloat16 autocast, checkpoints and the NaN guard:
 :class:`medgan.training.Trainer`.
@@ -73,7 +78,8 @@ class CycleGANTrainer(Trainer):
         self.names = NetNames.of(config)
         self.has_seg = bool(config.classes)
         super().__init__(config, resume, progress)
-        self.summary_keys = ("G_total", self.names.d_a, self.names.d_b, f"cycle_{self.names.a}")
+        self.summary_keys = ("G_total", self.names.d_a, self.names.d_b, f"cycle_{self.names.a}",
+                             f"{self.names.s_a}_real", f"{self.names.s_b}_real")
 
     # ------------------------------------------------------------------ what the engine asks for
     def build_networks(self) -> nn.ModuleDict:
@@ -104,7 +110,7 @@ class CycleGANTrainer(Trainer):
         self.domain_datasets([self.cfg.domain_a, self.cfg.domain_b], lambda dom: domain_preprocessor(self.cfg, dom))
 
     def total_iterations(self) -> int:
-        return self.cfg.optim.n_iters
+        return self.cfg.optim.seg_pretrain_iters + self.cfg.optim.n_iters
 
     def meta_extra(self) -> dict:
         return {"domains": [self.names.a, self.names.b], "classes": list(self.cfg.classes)}
@@ -126,8 +132,13 @@ class CycleGANTrainer(Trainer):
     def train_step(self, batch_a: dict, batch_b: dict) -> dict[str, float]:
         """One iteration on ``x (B, 1, D, H, W)`` in [-1, 1], ``y (B, 1, D, H, W)`` class indices,
         ``m (B,)`` labelled flags, for each domain: the generators', discriminators' and
-        segmenters' updates (module docstring). Returns the losses by name."""
-        seg_on = self.has_seg and self.iteration > self.cfg.loss.shape_warmup_iters
+        segmenters' updates (module docstring); during ``optim.seg_pretrain_iters``, the
+        segmenters' update on the real volumes only. Returns the losses by name."""
+        joint_it = self.iteration - self.cfg.optim.seg_pretrain_iters
+        if joint_it <= 0:
+            self._last = {"x_a": batch_a["x"], "y_a": batch_a["y"], "x_b": batch_b["x"], "y_b": batch_b["y"]}
+            return self.segmenter_step(batch_a, batch_b, {}, seg_on=False)
+        seg_on = self.has_seg and joint_it > self.cfg.loss.shape_warmup_iters
         logs, fakes = self.generator_step(batch_a, batch_b, seg_on)
         logs.update(self.discriminator_step(batch_a, batch_b, fakes))
         if self.has_seg:
@@ -208,8 +219,11 @@ class CycleGANTrainer(Trainer):
         return {k: float(v.detach()) for k, v in terms.items() if k in labelled}
 
     def save_samples(self, path: Path) -> Path:
-        """PNG: real, translated (with the target segmenter's labels), reconstructed, per direction."""
+        """PNG: real, translated (with the target segmenter's labels), reconstructed, per direction
+        (``None`` while only the segmenters train: nothing translated yet)."""
         n, last = self.names, self._last
+        if "fake_b" not in last:
+            return None
         seg = {}
         if self.has_seg:
             with torch.no_grad():

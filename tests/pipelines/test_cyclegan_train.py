@@ -1,5 +1,6 @@
 """Training: losses fall, checkpoints hold the full state, resume continues exactly."""
 
+import csv
 import math
 
 import pytest
@@ -40,6 +41,29 @@ def test_resume_gives_the_same_next_losses(tmp_path, extra):
     resumed.fit()
     assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", 4, 2)
 
+
+
+def test_segmenter_pretraining_updates_only_the_segmenters_then_trains_jointly(tmp_path):
+    tr = CycleGANTrainer(tiny_config(tmp_path, "optim.seg_pretrain_iters=3", "optim.n_iters=2"), progress=False)
+    assert tr.total_iterations() == 5
+    before = {k: [p.detach().clone() for p in net.parameters()] for k, net in tr.nets.items()}
+
+    def changed(name: str) -> bool:
+        return any(not torch.equal(p, q) for p, q in zip(tr.nets[name].parameters(), before[name]))
+
+    tr.fit(n_iters=3)
+    assert changed("S_MR")  # (its patches are labelled; these CT patches happen to be of the unlabelled CT)
+    assert not any(changed(k) for k in ("G_CT2MR", "G_MR2CT", "D_CT", "D_MR"))
+    assert tr.schedulers["G"].last_epoch == 0  # the joint schedule has not started
+    tr.fit()
+    assert tr.iteration == 5 and changed("G_CT2MR") and changed("D_MR")
+    rows = list(csv.DictReader((tmp_path / "losses.csv").open()))
+    assert [r["G_total"] != "" for r in rows] == [False, False, False, True, True]
+
+
+def test_segmenter_pretraining_needs_classes():
+    with pytest.raises(ConfigError, match="seg_pretrain_iters"):
+        load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", ["classes=[]", "optim.seg_pretrain_iters=5"])
 
 def test_checkpoint_holds_full_state_and_loads_weights_only(tiny_checkpoint):
     names = {p.name for p in tiny_checkpoint.iterdir()}
