@@ -114,7 +114,7 @@ def make_checkpoint(folder: Path) -> Path:
 
     os.chdir(ROOT)
     cfg = load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", [
-        "classes=[]", "domain_a.labels=null", "domain_b.labels=null", "network.ngf=16", "network.n_res_blocks=6",
+        "classes=[]", "optim.seg_pretrain_iters=0", "domain_a.labels=null", "domain_b.labels=null", "network.ngf=16", "network.n_res_blocks=6",
         "train.patch_size=[64,64,32]", "train.spacing_mm=[3,3,3]", "inference.overlap=0.25",
         f"train.output_dir={folder}", "optim.n_iters=1",
     ])

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 DEFAULTS = ["network.ngf=16", "network.n_res_blocks=6", "network.ndf=32", "network.d_layers=3",
-            "network.seg_features=[16,16,32,64,128,16]", "train.patch_size=[64,64,32]", "train.pool_size=50", "train.spacing_mm=[3,3,3]"]
+            "network.seg_features=[16,16,32,64,128,16]", "train.patch_size=[64,64,32]", "train.pool_size=50", "train.spacing_mm=[3,3,3]",
+            "optim.seg_pretrain_iters=0"]
 
 
 def bench_training(iters: int, out: Path) -> dict:

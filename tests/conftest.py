@@ -21,7 +21,7 @@ TINY = [
     "network.ngf=4", "network.n_res_blocks=1", "network.ndf=4", "network.d_layers=2",
     "network.seg_features=[4,4,4,8,8,4]", "train.patch_size=[32,32,16]", "train.png_every=1000",
     "train.checkpoint_every=1000", "train.log_every=1000", "train.pool_size=4",
-    "inference.roi_size=[32,32,16]", "inference.sw_batch_size=4",
+    "inference.roi_size=[32,32,16]", "inference.sw_batch_size=4", "optim.seg_pretrain_iters=0",
 ]
 
 

@@ -75,7 +75,7 @@ class IntensityScaling:
         slopes = np.diff(ys) / np.diff(xs)
         if isinstance(x, torch.Tensor):
             xs_t = torch.as_tensor(xs[1:-1], dtype=x.dtype, device=x.device)
-            seg = torch.bucketize(x.detach(), xs_t) if len(xs) > 2 else torch.zeros_like(x, dtype=torch.long)
+            seg = torch.bucketize(x.detach().contiguous(), xs_t) if len(xs) > 2 else torch.zeros_like(x, dtype=torch.long)
             x0 = torch.as_tensor(xs[:-1], dtype=x.dtype, device=x.device)[seg]
             y0 = torch.as_tensor(ys[:-1], dtype=x.dtype, device=x.device)[seg]
             y = y0 + (x - x0) * torch.as_tensor(slopes, dtype=x.dtype, device=x.device)[seg]

@@ -324,8 +324,13 @@ def tables(results: dict, classes: list[str]) -> dict:
     return out
 
 
-def _pm(s: tuple[float, float, int], fmt: str) -> str:
-    return "n/a" if math.isnan(s[0]) else f"{s[0]:{fmt}} ± {s[1]:{fmt}}"
+def _pm(s: tuple[float, float, int], fmt: str, subjects: int | None = None) -> str:
+    """``mean ± std``; one value alone when only one subject has it, and ``(n=k)`` when fewer
+    than ``subjects`` do (an HD95 is undefined for a subject whose prediction is empty)."""
+    if math.isnan(s[0]):
+        return "n/a"
+    text = f"{s[0]:{fmt}}" if s[2] == 1 else f"{s[0]:{fmt}} ± {s[1]:{fmt}}"
+    return text + (f" (n={s[2]})" if subjects is not None and s[2] < subjects else "")
 
 
 def markdown(results: dict, cfg: BenchmarkConfig) -> str:
@@ -338,20 +343,20 @@ def markdown(results: dict, cfg: BenchmarkConfig) -> str:
              "| row | " + " | ".join(cls) + " | mean Dice | time (s) |", "|---" * (len(cls) + 3) + "|"]
     seconds = results["seconds"]
 
-    def seg_lines(table: dict, with_time: bool) -> list[str]:
+    def seg_lines(table: dict, with_time: bool, n: int) -> list[str]:
         made = []
         for row, per in table.items():
             means = [per[c]["dice"][0] for c in cls if not math.isnan(per[c]["dice"][0])]
             sec = next((v for k, v in seconds.items() if row in k.split(" + ") or k == row), "")
-            made.append(f"| {ROW_TITLES[row]} | " + " | ".join(f"{_pm(per[c]['dice'], '.3f')} / {_pm(per[c]['hd95_mm'], '.1f')}" for c in cls)
+            made.append(f"| {ROW_TITLES[row]} | " + " | ".join(f"{_pm(per[c]['dice'], '.3f', n)} / {_pm(per[c]['hd95_mm'], '.1f', n)}" for c in cls)
                         + f" | {np.mean(means):.3f} |" + (f" {sec} |" if with_time else ""))
         return made
 
-    lines += seg_lines(t["segmentation"], True)
+    lines += seg_lines(t["segmentation"], True, len(results["split"]["test"]))
     for name, per_row in results.get("cross_protocol", {}).items():
         subjects = [s["subject"] for s in next(iter(per_row.values()))]
         lines += ["", f"## Across protocols: {name} ({', '.join(subjects)}; no row trained on it): Dice / HD95 (mm)", "",
-                  "| row | " + " | ".join(cls) + " | mean Dice |", "|---" * (len(cls) + 2) + "|", *seg_lines(t[f"cross_protocol: {name}"], False)]
+                  "| row | " + " | ".join(cls) + " | mean Dice |", "|---" * (len(cls) + 2) + "|", *seg_lines(t[f"cross_protocol: {name}"], False, len(subjects))]
     if t["sct"]:
         lines += ["", "## Synthetic CT of the test MR: |median HU - real CT median HU| and S_CT Dice, mean ± std over test subjects", "",
                   "The real CT medians come from the labelled source CT, which the models trained on (the only labelled "
@@ -359,7 +364,8 @@ def markdown(results: dict, cfg: BenchmarkConfig) -> str:
                   "| row | " + " | ".join(cls) + " |", "|---" * (len(cls) + 1) + "|"]
         for row, per in t["sct"].items():
             title = "histogram matching (judged by the shape model's S_CT)" if row == "histmatch" else ROW_TITLES[row]
-            lines.append(f"| {title} | " + " | ".join(f"{_pm(per[c]['abs_median_diff_hu'], '.1f')} HU / {_pm(per[c]['dice'], '.3f')}"
+            n = len(results["split"]["test"])
+            lines.append(f"| {title} | " + " | ".join(f"{_pm(per[c]['abs_median_diff_hu'], '.1f', n)} HU / {_pm(per[c]['dice'], '.3f', n)}"
                                                       for c in cls) + " |")
     lines += ["", "Time per training block (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()), ""]
     return "\n".join(lines)

@@ -64,6 +64,7 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
     cross = res["cross_protocol"]["TotalSegmentator MR"]
     assert set(cross) == set(ROWS) and all(s[0]["subject"] == "ts-mr-01" for s in cross.values())
     assert "## Across protocols: TotalSegmentator MR (ts-mr-01" in md
+    assert " ± " not in md.split("## Across protocols")[1].split("\n## ")[0]  # one subject: no spread to show
     from medgan.pipelines.benchmark.run import rescore_cross_protocol
 
     again = rescore_cross_protocol(cfg)  # no training: the stored checkpoints, the same scores
