@@ -30,16 +30,17 @@ AUGMENTED = ("domain_a.augment.rotate_deg=10", "domain_a.augment.scale=0.1", "do
              "domain_b.augment.contrast=1", "domain_a.intensity.knots=[[-200,-0.6],[300,0.6]]", "optim.seg_lr=1e-3")
 
 
-@pytest.mark.parametrize("extra", [(), AUGMENTED], ids=["plain", "augmented"])
-def test_resume_gives_the_same_next_losses(tmp_path, extra):
+@pytest.mark.parametrize("extra, total", [((), 4), (AUGMENTED, 4), (("optim.seg_pretrain_iters=2",), 6)],
+                         ids=["plain", "augmented", "segmenters-first"])
+def test_resume_gives_the_same_next_losses(tmp_path, extra, total):
     full = CycleGANTrainer(tiny_config(tmp_path / "full", "optim.n_iters=4", "train.pool_size=1", *extra), progress=False)
     full.fit()
     part = CycleGANTrainer(tiny_config(tmp_path / "part", "optim.n_iters=4", "train.pool_size=1", *extra), progress=False)
-    ckpt = part.fit(n_iters=2)
+    ckpt = part.fit(n_iters=2)  # (with segmenters first: resumed at the end of their stage)
     resumed = CycleGANTrainer(tiny_config(tmp_path / "part", "optim.n_iters=4", "train.pool_size=1", *extra), resume=ckpt, progress=False)
     assert resumed.iteration == 2
     resumed.fit()
-    assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", 4, 2)
+    assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", total, 2)
 
 
 
