@@ -114,58 +114,48 @@ def _sct_rows(ckpt: Path, test: list[dict], out: Path, real_ct: Path, translate_
             for r in rep["results"]]
 
 
-#: where each segmentation row's model lies in the output folder, and how it segments a target scan
-ROW_MODELS = {
-    "no_adaptation": ("adda", "source"), "adda": ("adda", "adapted"), "cyclegan_plain": ("cyclegan_plain", None),
-    "cyclegan_shape": ("cyclegan_shape", None), "cycada": ("cycada/adda", "adapted"),
-    "self_training": ("self_training", "oracle"), "supervised": ("supervised", "oracle"),
-}
+#: how each segmentation row's checkpoint segments a target scan: a CycleGAN's S_<target> (None)
+#: or the named encoder of an ADDA checkpoint
+ROW_ENCODER = {"no_adaptation": "source", "adda": "adapted", "cyclegan_plain": None, "cyclegan_shape": None,
+               "cycada": "adapted", "self_training": "oracle", "supervised": "oracle"}
 
 
-def row_checkpoint(cfg: BenchmarkConfig, row: str, results: dict) -> Path:
-    """The checkpoint ``row`` was scored with: as ``results`` records it, else the only one in its
-    run folder (a benchmark run writes one per run).
-
-    Raises:
-        ValueError: none, or several there (which one was scored cannot be told).
-    """
-    if row in results.get("checkpoints", {}):
-        return Path(results["checkpoints"][row])
-    found = sorted((Path(cfg.output_dir) / ROW_MODELS[row][0] / "checkpoints").glob("iter_*"))
-    if len(found) != 1:
-        raise ValueError(f"{Path(cfg.output_dir) / ROW_MODELS[row][0]}: {len(found)} checkpoints, expected the run's one")
-    return found[0]
-
-
-def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path):  # noqa: ANN201
-    """``segment(volume) -> class indices`` of the target by ``row``'s model ``checkpoint`` (a
-    CycleGAN's S_<target>, else the ADDA checkpoint's encoder + head, :data:`ROW_MODELS`)."""
+def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path, loaded: dict):  # noqa: ANN201
+    """``segment(volume) -> class indices`` of the target by ``row``'s model ``checkpoint``
+    (:data:`ROW_ENCODER`); ``loaded`` keeps each checkpoint's model, so rows sharing one (no
+    adaptation and ADDA) and repeated scorings load it once."""
     from medgan.pipelines.adda.segment import AddaSegmenter
     from medgan.pipelines.cyclegan.translate import Translator
 
-    encoder, path = ROW_MODELS[row][1], checkpoint
+    encoder = ROW_ENCODER[row]
+    if checkpoint not in loaded:
+        loaded[checkpoint] = Translator(checkpoint, cfg.device) if encoder is None else AddaSegmenter(checkpoint, cfg.device)
+    model = loaded[checkpoint]
     if encoder is None:
-        tr = Translator(path, cfg.device)
-        return lambda v: tr.segment_volume(v, cfg.target.name)
-    model = AddaSegmenter(path, cfg.device)
+        return lambda v: model.segment_volume(v, cfg.target.name)
     return lambda v: model.segment_volume(v, encoder)
 
 
-def score_cross_protocol(cfg: BenchmarkConfig, results: dict) -> dict:
-    """Dice/HD95 per organ of each segmentation row of ``results`` (its checkpoint:
-    :func:`row_checkpoint`) on every scan of each ``cfg.cross_protocol`` set: ``{set name: {row:
-    [per-scan scores]}}``.
+def score_cross_protocol(cfg: BenchmarkConfig, results: dict, loaded: dict | None = None) -> dict:
+    """Dice/HD95 per organ of each segmentation row of ``results`` (the checkpoint it records
+    for the row) on every scan of each ``cfg.cross_protocol`` set: ``{set name: {row: [per-scan
+    scores]}}``.
 
     Raises:
-        ValueError: a set without labelled scans.
+        ValueError: a set without labelled scans, or results that record no checkpoint for a row
+            (written before medgan 0.5: run the benchmark again).
     """
+    loaded = {} if loaded is None else loaded
+    missing = [row for row in results["segmentation"] if row not in results.get("checkpoints", {})]
+    if missing:
+        raise ValueError(f"{cfg.output_dir}: results.json records no checkpoint for {missing}; run the benchmark again")
     scored: dict = {}
     for extra in cfg.cross_protocol:
         entries = [e for e in datalist_from_folder(extra.folder) if e["label"]]
         if not entries:
             raise ValueError(f"cross_protocol {extra.name!r}: no labelled scan in {extra.folder}")
         mapper = extra.labels.mapper(cfg.classes)
-        scored[extra.name] = {row: _score(row_segmenter(cfg, row, row_checkpoint(cfg, row, results)), entries, mapper, cfg.classes)
+        scored[extra.name] = {row: _score(row_segmenter(cfg, row, Path(results["checkpoints"][row]), loaded), entries, mapper, cfg.classes)
                               for row in results["segmentation"]}
     return scored
 
@@ -238,13 +228,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         logger.info("benchmark row %s: %.0f s", row, results["seconds"][row])
         return value
 
-    from medgan.pipelines.cyclegan.translate import Translator
-
     rows = list(cfg.rows)
+    loaded: dict = {}  # checkpoint -> its segmenting model, loaded once (row_segmenter)
 
     def scored(row: str, checkpoint: Path) -> None:  # the row's model on every test subject
         results["checkpoints"][row] = str(checkpoint)
-        results["segmentation"][row] = _score(row_segmenter(cfg, row, checkpoint), test, mapper, cfg.classes)
+        results["segmentation"][row] = _score(row_segmenter(cfg, row, Path(checkpoint), loaded), test, mapper, cfg.classes)
 
     if "no_adaptation" in rows or "adda" in rows:
         def adda_rows() -> None:
@@ -277,12 +266,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         def self_training() -> None:
             from medgan.io import write_nifti
 
-            tr = Translator(ckpts["cyclegan_shape"], cfg.device)
+            segment = row_segmenter(cfg, "cyclegan_shape", Path(ckpts["cyclegan_shape"]), loaded)  # its S_MR
             pseudo = []
             for e in unlabelled:  # the training MRs only: the test subjects never get a pseudo-label
                 vol = read_volume(e["image"])
                 path = out / "self_training/pseudo" / f"{strip_image_suffix(Path(e['image']))}_pseudo.nii.gz"
-                write_nifti(path, tr.segment_volume(vol, cfg.target.name), vol.affine, dtype=np.uint8)
+                write_nifti(path, segment(vol), vol.affine, dtype=np.uint8)
                 pseudo.append({"image": e["image"], "label": str(path)})
             # the pseudo-label maps hold class indices 1..K in the order of cfg.classes
             side = {**_side(cfg.target, pseudo), "labels": {"ids": {c: [i] for i, c in enumerate(cfg.classes, start=1)}}}
@@ -302,7 +291,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             results["sct"]["histmatch"] = _sct_rows(ckpts["cyclegan_shape"], made, out / "histmatch", cfg.source.folder)
         timed("histmatch", histmatch)
     if cfg.cross_protocol:
-        results["cross_protocol"] = timed("cross-protocol scoring", lambda: score_cross_protocol(cfg, results))
+        results["cross_protocol"] = timed("cross-protocol scoring", lambda: score_cross_protocol(cfg, results, loaded))
     _write(results, cfg)
     return results
 

@@ -134,9 +134,9 @@ class CycleGANTrainer(Trainer):
         ``m (B,)`` labelled flags, for each domain: the generators', discriminators' and
         segmenters' updates (module docstring); during ``optim.seg_pretrain_iters``, the
         segmenters' update on the real volumes only. Returns the losses by name."""
+        self._last = {"x_a": batch_a["x"], "y_a": batch_a["y"], "x_b": batch_b["x"], "y_b": batch_b["y"]}
         joint_it = self.iteration - self.cfg.optim.seg_pretrain_iters
         if joint_it <= 0:
-            self._last = {"x_a": batch_a["x"], "y_a": batch_a["y"], "x_b": batch_b["x"], "y_b": batch_b["y"]}
             return self.segmenter_step(batch_a, batch_b, {}, seg_on=False)
         seg_on = self.has_seg and joint_it > self.cfg.loss.shape_warmup_iters
         logs, fakes = self.generator_step(batch_a, batch_b, seg_on)
@@ -145,7 +145,7 @@ class CycleGANTrainer(Trainer):
             logs.update(self.segmenter_step(batch_a, batch_b, fakes, seg_on))
         for s in self.schedulers.values():
             s.step()
-        self._last = {"x_a": batch_a["x"], "y_a": batch_a["y"], "x_b": batch_b["x"], "y_b": batch_b["y"], **fakes}
+        self._last.update(fakes)
         return logs
 
     def generator_step(self, batch_a: dict, batch_b: dict, seg_on: bool) -> tuple[dict[str, float], dict[str, torch.Tensor]]:

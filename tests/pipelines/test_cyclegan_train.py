@@ -43,7 +43,6 @@ def test_resume_gives_the_same_next_losses(tmp_path, extra, total):
     assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", total, 2)
 
 
-
 def test_segmenter_pretraining_updates_only_the_segmenters_then_trains_jointly(tmp_path):
     tr = CycleGANTrainer(tiny_config(tmp_path, "optim.seg_pretrain_iters=3", "optim.n_iters=2"), progress=False)
     assert tr.total_iterations() == 5
@@ -65,6 +64,7 @@ def test_segmenter_pretraining_updates_only_the_segmenters_then_trains_jointly(t
 def test_segmenter_pretraining_needs_classes():
     with pytest.raises(ConfigError, match="seg_pretrain_iters"):
         load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", ["classes=[]", "optim.seg_pretrain_iters=5"])
+
 
 def test_checkpoint_holds_full_state_and_loads_weights_only(tiny_checkpoint):
     names = {p.name for p in tiny_checkpoint.iterdir()}
