@@ -168,6 +168,10 @@ class TrainBase(_Strict):
     spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
     crop_pos: float = Field(2.0, ge=0, description="weight of patches centred on labelled anatomy")
     crop_neg: float = Field(1.0, ge=0)
+    segmenter_patches: Literal["labelled", "any"] = Field(
+        "labelled", description="stages that train only segmenters (ADDA's source and oracle stages, the CycleGAN's "
+        "seg_pretrain/seg_finetune iterations) draw from the labelled volumes only; 'any': from every volume, as "
+        "medgan <= 0.5 did (an unlabelled patch then gives no update)")
     device: str = "auto"
     output_dir: Path = Path("runs/medgan")
     log_every: int = Field(20, ge=1)

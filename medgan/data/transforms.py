@@ -400,8 +400,16 @@ class PatchDataset(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict:
+        return self.item(i)
+
+    def item(self, i: int, labelled_only: bool = False) -> dict:
+        """Patch ``i``; with ``labelled_only`` drawn from the labelled volumes alone (all of them
+        when none is labelled), for a stage that trains only segmenters."""
         rng = np.random.default_rng([self.seed, int(i)])
-        vol = self.volumes[int(rng.integers(len(self.volumes)))]
+        pool = self.volumes
+        if labelled_only:
+            pool = [v for v in self.volumes if v[Keys.HAS_LABEL.value] and len(v[Keys.FG_INDICES.value]) > 0] or pool
+        vol = pool[int(rng.integers(len(pool)))]
         labelled = vol[Keys.HAS_LABEL.value] and len(vol[Keys.FG_INDICES.value]) > 0
         crop = self.labelled_crop if labelled else self.random_crop
         crop.set_random_state(seed=int(rng.integers(2**31 - 1)))

@@ -275,11 +275,14 @@ class Trainer(ABC):
         """bfloat16 autocast when ``train.amp`` and the device has native bf16."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None)
 
-    def batch(self, domain: str, it: int) -> dict[str, torch.Tensor]:
+    def batch(self, domain: str, it: int, segmenter_only: bool = False) -> dict[str, torch.Tensor]:
         """Batch ``it`` of ``domain``: ``x (B, 1, D, H, W)`` in [-1, 1], ``y (B, 1, D, H, W)``
-        class indices, ``m (B,)`` labelled flags, on the device."""
+        class indices, ``m (B,)`` labelled flags, on the device. ``segmenter_only``: for a stage
+        that trains only segmenters, where with ``train.segmenter_patches: labelled`` the patches
+        come from labelled volumes alone (an unlabelled patch would teach nothing there)."""
         ds, b = self.datasets[domain], self.cfg.train.batch_size
-        items = [ds[(it - 1) * b + j] for j in range(b)]
+        labelled = segmenter_only and self.cfg.train.segmenter_patches == "labelled"
+        items = [ds.item((it - 1) * b + j, labelled) for j in range(b)]
         return {
             "x": torch.stack([i[Keys.IMAGE.value] for i in items]).to(self.device, memory_format=self.memory_format),
             "y": torch.stack([i[Keys.LABEL.value] for i in items]).to(self.device),

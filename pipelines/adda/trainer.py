@@ -102,10 +102,10 @@ class AddaTrainer(Trainer):
         if stage == "adapt" and it == self.cfg.stages[0][1] + 1:
             self.nets["E_tgt"].load_state_dict(self.nets["E_src"].state_dict())  # E_t starts as E_s (on every rank)
         if stage == "source":
-            return self.supervised_step("E_src", "H", "source", self.batch(src, it), src)
+            return self.supervised_step("E_src", "H", "source", self.batch(src, it, segmenter_only=True), src)
         if stage == "adapt":
             return self.adapt_step(self.batch(src, it)["x"], self.batch(tgt, it)["x"])
-        return self.supervised_step("E_oracle", "H_oracle", "oracle", self.batch(tgt, it), tgt)
+        return self.supervised_step("E_oracle", "H_oracle", "oracle", self.batch(tgt, it, segmenter_only=True), tgt)
 
     def supervised_step(self, enc: str, head: str, group: str, batch: dict, domain: str) -> dict[str, float]:
         """Stage 1 (source) or 3 (oracle): Dice + cross-entropy on labelled patches of ``domain``

@@ -107,7 +107,14 @@ class BenchmarkConfig(PipelineConfig):
     spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
     patch_size: tuple[int, int, int] = (80, 80, 32)
     seg_features: tuple[int, int, int, int, int, int] = (16, 16, 32, 64, 128, 16)
-    iters: int = Field(600, ge=1, description="iterations of each CycleGAN run and of each ADDA stage")
+    iters: int = Field(600, ge=1, description="joint iterations of each CycleGAN run and ADDA's adaptation iterations")
+    seg_iters: int = Field(600, ge=1, description="iterations of every segmenter-only training, the same in each row: "
+                           "ADDA's source stage (the no-adaptation and ADDA rows, and CyCADA's on the translated CT), the "
+                           "supervised and self-training rows, and the CycleGAN rows' segmenter fine-tuning on translated "
+                           "volumes after their joint iterations (optim.seg_finetune_iters)")
+    segmenter_patches: Literal["labelled", "any"] = Field(
+        "labelled", description="train.segmenter_patches of every run: segmenter-only iterations draw labelled patches "
+        "only ('any': from every volume, unlabelled ones giving no update, as medgan <= 0.5)")
     seg_lr: float = Field(1e-3, gt=0, description="Adam learning rate of every row's segmenter (ADDA's lr_source, the "
                           "CycleGAN's optim.seg_lr): the same segmenter trained the same way in each row")
     cyclegan: list[str] = Field(default_factory=list, description="extra overrides of every CycleGAN run (key=value)")

@@ -56,6 +56,9 @@ class OptimConfig(_Strict):
     n_iters: int = Field(1000, ge=1)
     seg_pretrain_iters: int = Field(0, ge=0, description="iterations before the n_iters joint ones that train only the "
                                     "segmenters, on the real labelled volumes (no G or D step; cheap)")
+    seg_finetune_iters: int = Field(0, ge=0, description="iterations after the n_iters joint ones that train only the "
+                                    "segmenters, on real labelled volumes and on volumes translated by the frozen generators "
+                                    "(no G or D step), at seg_lr decaying linearly to 0 over their second half")
     decay_start: int | None = Field(None, ge=0, description="iteration where the linear decay to 0 begins; default n_iters // 2")
 
 
@@ -88,8 +91,9 @@ class CycleGANConfig(PipelineConfig):
             for d in (self.domain_a, self.domain_b):
                 if d.labels is None:
                     raise ValueError(f"classes are set, so domain {d.name} needs a labels section")
-        if self.optim.seg_pretrain_iters and not self.classes:
-            raise ValueError("optim.seg_pretrain_iters trains the segmenters: set classes (and labels) or set it to 0")
+        for stage in ("seg_pretrain_iters", "seg_finetune_iters"):
+            if getattr(self.optim, stage) and not self.classes:
+                raise ValueError(f"optim.{stage} trains the segmenters: set classes (and labels) or set it to 0")
         if self.optim.decay_start is not None and self.optim.decay_start > self.optim.n_iters:
             raise ValueError("optim.decay_start must not exceed optim.n_iters")
         return self

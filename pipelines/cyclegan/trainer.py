@@ -18,6 +18,12 @@ Zhang, Yang & Zheng, CVPR 2018 (arXiv 1802.09655):
 volumes only (no generator or discriminator update, no learning-rate schedule step), so the
 shape-consistency term of step 1 is supervised by segmenters that already work when it starts;
 the ``n_iters`` joint iterations (and ``shape_warmup_iters``, ``decay_start``) count after them.
+With ``optim.seg_finetune_iters`` > 0 the run ends with that many iterations of step 3 alone,
+the generators frozen: the segmenters keep learning from real labelled volumes and from volumes
+the final generators translate (S_B on G_A2B(x_A) with y_A: the "train a segmenter on the
+translated source" stage of CycleGAN-based adaptation, e.g. the FLARE CT -> MR entries), at
+``seg_lr`` (constant, then linear to 0 over the second half), for far less compute per
+iteration than a joint one.
 Adam (lr 2e-4, betas
 0.5/0.999) with a constant rate then a linear decay to 0. Patches of A and B are drawn
 independently (unpaired). Loop, devices, DDP, bfloat16 autocast, checkpoints and the NaN guard:
@@ -110,10 +116,17 @@ class CycleGANTrainer(Trainer):
         self.domain_datasets([self.cfg.domain_a, self.cfg.domain_b], lambda dom: domain_preprocessor(self.cfg, dom))
 
     def total_iterations(self) -> int:
-        return self.cfg.optim.seg_pretrain_iters + self.cfg.optim.n_iters
+        o = self.cfg.optim
+        return o.seg_pretrain_iters + o.n_iters + o.seg_finetune_iters
 
     def meta_extra(self) -> dict:
         return {"domains": [self.names.a, self.names.b], "classes": list(self.cfg.classes)}
+
+    def checkpoint_now(self, it: int) -> bool:
+        """A checkpoint at the end of the joint iterations when segmenter fine-tuning follows
+        (its S_A/S_B before fine-tuning stay available)."""
+        o = self.cfg.optim
+        return bool(o.seg_finetune_iters) and it == o.seg_pretrain_iters + o.n_iters
 
     def rank_state(self) -> dict:
         return {"pools": {d: p.state_dict() for d, p in self.pools.items()}}
@@ -125,7 +138,9 @@ class CycleGANTrainer(Trainer):
 
     # ------------------------------------------------------------------ one iteration
     def step(self, it: int) -> dict[str, float]:
-        logs = self.train_step(self.batch(self.names.a, it), self.batch(self.names.b, it))
+        joint_it = it - self.cfg.optim.seg_pretrain_iters
+        seg_only = joint_it <= 0 or joint_it > self.cfg.optim.n_iters  # a segmenter-only stage
+        logs = self.train_step(self.batch(self.names.a, it, seg_only), self.batch(self.names.b, it, seg_only))
         logs["lr"] = self.schedulers["G"].get_last_lr()[0]
         return logs
 
@@ -133,11 +148,14 @@ class CycleGANTrainer(Trainer):
         """One iteration on ``x (B, 1, D, H, W)`` in [-1, 1], ``y (B, 1, D, H, W)`` class indices,
         ``m (B,)`` labelled flags, for each domain: the generators', discriminators' and
         segmenters' updates (module docstring); during ``optim.seg_pretrain_iters``, the
-        segmenters' update on the real volumes only. Returns the losses by name."""
+        segmenters' update on the real volumes only; during ``optim.seg_finetune_iters``, the
+        segmenters' update with the generators frozen. Returns the losses by name."""
         self._last = {"x_a": batch_a["x"], "y_a": batch_a["y"], "x_b": batch_b["x"], "y_b": batch_b["y"]}
         joint_it = self.iteration - self.cfg.optim.seg_pretrain_iters
         if joint_it <= 0:
             return self.segmenter_step(batch_a, batch_b, {}, seg_on=False)
+        if joint_it > self.cfg.optim.n_iters:
+            return self.segmenter_finetune_step(batch_a, batch_b, joint_it - self.cfg.optim.n_iters)
         seg_on = self.has_seg and joint_it > self.cfg.loss.shape_warmup_iters
         logs, fakes = self.generator_step(batch_a, batch_b, seg_on)
         logs.update(self.discriminator_step(batch_a, batch_b, fakes))
@@ -192,9 +210,11 @@ class CycleGANTrainer(Trainer):
         self.update("D", loss_a + loss_b, {n.d_a: loss_a, n.d_b: loss_b})
         return {n.d_a: float(loss_a.detach()), n.d_b: float(loss_b.detach())}
 
-    def segmenter_step(self, batch_a: dict, batch_b: dict, fakes: dict, seg_on: bool) -> dict[str, float]:
+    def segmenter_step(self, batch_a: dict, batch_b: dict, fakes: dict, seg_on: bool,
+                       skip_unlabelled: bool = False) -> dict[str, float]:
         """Update S_A and S_B on real labelled volumes and, after the warm-up, on translated ones
-        with their source's labels (Zhang et al. sec. 3.3)."""
+        with their source's labels (Zhang et al. sec. 3.3); ``skip_unlabelled`` leaves out the
+        parts without labels (they add nothing to the loss) instead of running them."""
         n, lc = self.names, self.cfg.loss
         set_requires_grad([self.nets[n.s_a], self.nets[n.s_b]], True)
         parts = [(f"{n.s_a}_real", n.a, batch_a["x"], batch_a["y"], batch_a["m"], 1.0),
@@ -205,6 +225,8 @@ class CycleGANTrainer(Trainer):
         terms, labelled, total = {}, set(), None
         with self.autocast():
             for part, (name, domain, x, y, m, w) in enumerate(parts):
+                if skip_unlabelled and not bool(m.any()):
+                    continue
                 # the domain's intensity augmentation (augment), on the segmenters' inputs only
                 pred = self.net(f"S_{domain}")(self.seg_input(domain, x, part))
                 loss = self.joined(self.seg_loss(pred, y, m), pred)
@@ -218,10 +240,35 @@ class CycleGANTrainer(Trainer):
         self.update("S", total, terms)
         return {k: float(v.detach()) for k, v in terms.items() if k in labelled}
 
+    def segmenter_finetune_step(self, batch_a: dict, batch_b: dict, k: int) -> dict[str, float]:
+        """Iteration ``k`` (1-based) of ``optim.seg_finetune_iters``: both volumes translated by
+        the frozen generators (no gradient), then :meth:`segmenter_step` on real and translated
+        volumes. The segmenters' rate is set here, a function of ``k`` alone (resumable exactly):
+        ``seg_lr`` until half-way, then linear to 0; the joint schedule is not stepped."""
+        n, o = self.names, self.cfg.optim
+        rate = (o.seg_lr or o.lr) * linear_decay(o.seg_finetune_iters, o.seg_finetune_iters // 2)(k - 1)
+        for group in self.optimizers["S"].param_groups:
+            group["lr"] = rate
+        # a volume without labels teaches no segmenter here: its translation is skipped (not under
+        # DDP, where every rank runs every part so the gradient all-reduce stays in step)
+        every = self.dist.enabled
+        with torch.no_grad(), self.autocast():
+            fakes = {"fake_b": self.nets[n.g_ab](batch_a["x"]) if every or bool(batch_a["m"].any()) else None,
+                     "fake_a": self.nets[n.g_ba](batch_b["x"]) if every or bool(batch_b["m"].any()) else None}
+        self._last.update({k: v for k, v in fakes.items() if v is not None}, figure_pending=True)  # drawn only when due
+        if fakes["fake_b"] is None and fakes["fake_a"] is None:
+            return {"seg_lr": rate}
+        return {**self.segmenter_step(batch_a, batch_b, fakes, seg_on=True, skip_unlabelled=not every), "seg_lr": rate}
+
     def save_samples(self, path: Path) -> Path:
         """PNG: real, translated (with the target segmenter's labels), reconstructed, per direction
         (``None`` while only the segmenters train: nothing translated yet)."""
         n, last = self.names, self._last
+        if last.pop("figure_pending", False):  # the segmenter fine-tuning stage translated only what it needed
+            with torch.no_grad(), self.autocast():
+                last.setdefault("fake_b", self.nets[n.g_ab](last["x_a"]))
+                last.setdefault("fake_a", self.nets[n.g_ba](last["x_b"]))
+                last.update(rec_a=self.nets[n.g_ba](last["fake_b"]), rec_b=self.nets[n.g_ab](last["fake_a"]))
         if "fake_b" not in last:
             return None
         seg = {}

@@ -180,3 +180,19 @@ def test_onto_grid_matches_world_positions_and_pads_labels_with_background():
     assert not out[:2].any() and not out[12:].any()
     with pytest.raises(VolumeError, match="voxel centres"):
         onto_grid(vol, big, (14, 8, 6), "exact")  # reaches outside the reference
+
+
+def test_segmenter_only_draws_come_from_labelled_volumes():
+    from medgan.data.labels import LabelMapper
+
+    mapper = LabelMapper.from_classmap(["liver", "aorta"], PHANTOM / "classmap.json", "phantom")
+    pre = DomainPreprocessor((4.0, 4.0, 4.0), "window", label_mapper=mapper)
+    image = str(PHANTOM / "ct/phantom-ct-01.nii.gz")
+    labelled, _ = pre.training_volume({"image": image, "label": str(PHANTOM / "ct/phantom-ct-01_labels.nii.gz")}, (16, 16, 8))
+    unlabelled, _ = pre.training_volume({"image": image, "label": None}, (16, 16, 8))
+    ds = PatchDataset([unlabelled, labelled, unlabelled], (16, 16, 8), seed=5, length=40)
+    assert not all(ds[i]["has_label"] for i in range(20))  # every volume is drawn
+    assert all(ds.item(i, labelled_only=True)["has_label"] for i in range(20))
+    assert (ds.item(3, labelled_only=True)["image"] == ds.item(3, labelled_only=True)["image"]).all()  # deterministic
+    alone = PatchDataset([unlabelled], (16, 16, 8), seed=5, length=4)  # no labelled volume: every volume still drawn
+    assert not alone.item(0, labelled_only=True)["has_label"]

@@ -38,6 +38,14 @@ def phantom_config(tmp, *overrides):
     return load_config(AddaConfig, path, [*TINY, *overrides])
 
 
+@pytest.mark.parametrize("patches, all_labelled", [("labelled", True), ("any", False)])
+def test_source_stage_patches_come_from_labelled_volumes(tmp_path, patches, all_labelled):
+    tr = AddaTrainer(phantom_config(tmp_path, f"train.segmenter_patches={patches}"), progress=False)  # phantom-ct-02 is unlabelled
+    flags = [bool(tr.batch("CT", it, segmenter_only=True)["m"].all()) for it in range(1, 13)]
+    assert all(flags) == all_labelled
+    assert not all(bool(tr.batch("CT", it)["m"].all()) for it in range(1, 13))  # adaptation still sees every CT
+
+
 def test_adaptation_keeps_source_frozen_and_feeds_discriminators(tmp_path):
     tr = AddaTrainer(phantom_config(tmp_path), progress=False)
     frozen = {n: copy.deepcopy(tr.nets[n].state_dict()) for n in ("E_src", "H")}

@@ -43,7 +43,7 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
     tiny_cg = ["network.ngf=4", "network.n_res_blocks=1", "network.ndf=4", "network.d_layers=2", "train.pool_size=2",
                "inference.sw_batch_size=4", "inference.overlap=0"]
     cfg = load_config(BenchmarkConfig, ROOT / "configs/benchmarks/chaos.yaml", [
-        f"split.file={split}", "iters=2", "patch_size=[32,32,32]", "seg_features=[4,4,4,8,8,4]", f"output_dir={tmp_path / 'b'}",
+        f"split.file={split}", "iters=2", "seg_iters=2", "patch_size=[32,32,32]", "seg_features=[4,4,4,8,8,4]", f"output_dir={tmp_path / 'b'}",
         f"cyclegan={tiny_cg}", "adda=[network.disc_channels=4, inference.sw_batch_size=4, inference.overlap=0]", "device=cpu"])
     assert cfg.target.folder == DATA_DIR.resolve() / "abdomen/mr-chaos"
     from medgan.pipelines.benchmark.run import run_benchmark
@@ -72,6 +72,9 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
     assert json.dumps(again["cross_protocol"]["TotalSegmentator MR"]) == json.dumps(cross)
     with pytest.raises(ValueError, match="another config"):
         rescore_cross_protocol(cfg.model_copy(update={"iters": 3}))
+    # the CycleGAN rows: 2 joint iterations (a checkpoint of the segmenters before fine-tuning), then 2 fine-tuning ones
+    for row in ("cyclegan_plain", "cyclegan_shape"):
+        assert sorted(p.name for p in (tmp_path / "b" / row / "checkpoints").iterdir()) == ["iter_000002", "iter_000004"]
     # pseudo-labels only for the training MR; the test subject entered no training step
     assert [p.name for p in (tmp_path / "b/self_training/pseudo").iterdir()] == ["chaos-t2-01_pseudo.nii.gz"]
     for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):

@@ -61,9 +61,32 @@ def test_segmenter_pretraining_updates_only_the_segmenters_then_trains_jointly(t
     assert [r["G_total"] != "" for r in rows] == [False, False, False, True, True]
 
 
-def test_segmenter_pretraining_needs_classes():
-    with pytest.raises(ConfigError, match="seg_pretrain_iters"):
-        load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", ["classes=[]", "optim.seg_pretrain_iters=5"])
+def test_segmenter_finetuning_freezes_the_generators_and_resumes_exactly(tmp_path):
+    extra = ("optim.n_iters=2", "optim.seg_finetune_iters=4", "optim.seg_lr=1e-3", "train.pool_size=1", "train.png_every=5")
+    tr = CycleGANTrainer(tiny_config(tmp_path / "full", *extra), progress=False)
+    assert tr.total_iterations() == 6
+    tr.fit(n_iters=2)
+    frozen = {k: [p.detach().clone() for p in tr.nets[k].parameters()] for k in ("G_CT2MR", "G_MR2CT", "D_CT", "D_MR", "S_MR")}
+    tr.fit()
+    for k in ("G_CT2MR", "G_MR2CT", "D_CT", "D_MR"):
+        assert all(torch.equal(p, q) for p, q in zip(tr.nets[k].parameters(), frozen[k])), k
+    assert any(not torch.equal(p, q) for p, q in zip(tr.nets["S_MR"].parameters(), frozen["S_MR"]))
+    rows = list(csv.DictReader((tmp_path / "full" / "losses.csv").open()))
+    # seg_lr over the first half of the 4 fine-tuning iterations, then falling linearly towards 0
+    assert [float(r["seg_lr"]) for r in rows[2:]] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+    assert all(r["G_total"] == "" for r in rows[2:]) and any(r["S_MR_fake"] != "" for r in rows[2:])
+    assert (tmp_path / "full" / "samples" / "iter_000005.png").is_file()  # drawn in the fine-tuning stage
+    assert (tmp_path / "full" / "checkpoints" / "iter_000002").is_dir()  # the segmenters before fine-tuning
+    part = CycleGANTrainer(tiny_config(tmp_path / "part", *extra), progress=False)
+    ckpt = part.fit(n_iters=4)  # resumed in the middle of the fine-tuning stage
+    CycleGANTrainer(tiny_config(tmp_path / "part", *extra), resume=ckpt, progress=False).fit()
+    assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", 6, 4)
+
+
+@pytest.mark.parametrize("stage", ["seg_pretrain_iters", "seg_finetune_iters"])
+def test_segmenter_stages_need_classes(stage):
+    with pytest.raises(ConfigError, match=stage):
+        load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", ["classes=[]", f"optim.{stage}=5"])
 
 
 def test_checkpoint_holds_full_state_and_loads_weights_only(tiny_checkpoint):
