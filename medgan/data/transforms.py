@@ -388,6 +388,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if not volumes:
             raise ValueError("no training volumes")
         self.volumes, self.seed, self.length, self.spatial = volumes, int(seed), int(length), spatial
+        self.labelled = [v for v in volumes if v[Keys.HAS_LABEL.value] and len(v[Keys.FG_INDICES.value]) > 0]
         keys = [Keys.IMAGE.value, Keys.LABEL.value]
         size = list(spatial.crop_size if spatial is not None else patch_size)
         self.labelled_crop = RandCropByPosNegLabeld(
@@ -406,9 +407,7 @@ class PatchDataset(torch.utils.data.Dataset):
         """Patch ``i``; with ``labelled_only`` drawn from the labelled volumes alone (all of them
         when none is labelled), for a stage that trains only segmenters."""
         rng = np.random.default_rng([self.seed, int(i)])
-        pool = self.volumes
-        if labelled_only:
-            pool = [v for v in self.volumes if v[Keys.HAS_LABEL.value] and len(v[Keys.FG_INDICES.value]) > 0] or pool
+        pool = (self.labelled or self.volumes) if labelled_only else self.volumes
         vol = pool[int(rng.integers(len(pool)))]
         labelled = vol[Keys.HAS_LABEL.value] and len(vol[Keys.FG_INDICES.value]) > 0
         crop = self.labelled_crop if labelled else self.random_crop
