@@ -122,6 +122,11 @@ class CycleGANTrainer(Trainer):
     def meta_extra(self) -> dict:
         return {"domains": [self.names.a, self.names.b], "classes": list(self.cfg.classes)}
 
+    def joint_iteration(self, it: int) -> int:
+        """``it`` counted from the first joint iteration: <= 0 during ``seg_pretrain_iters``,
+        above ``n_iters`` during ``seg_finetune_iters``."""
+        return it - self.cfg.optim.seg_pretrain_iters
+
     def checkpoint_now(self, it: int) -> bool:
         """A checkpoint at the end of the joint iterations when segmenter fine-tuning follows
         (its S_A/S_B before fine-tuning stay available)."""
@@ -138,7 +143,7 @@ class CycleGANTrainer(Trainer):
 
     # ------------------------------------------------------------------ one iteration
     def step(self, it: int) -> dict[str, float]:
-        joint_it = it - self.cfg.optim.seg_pretrain_iters
+        joint_it = self.joint_iteration(it)
         seg_only = joint_it <= 0 or joint_it > self.cfg.optim.n_iters  # a segmenter-only stage
         logs = self.train_step(self.batch(self.names.a, it, seg_only), self.batch(self.names.b, it, seg_only))
         logs["lr"] = self.schedulers["G"].get_last_lr()[0]
@@ -151,7 +156,7 @@ class CycleGANTrainer(Trainer):
         segmenters' update on the real volumes only; during ``optim.seg_finetune_iters``, the
         segmenters' update with the generators frozen. Returns the losses by name."""
         self._last = {"x_a": batch_a["x"], "y_a": batch_a["y"], "x_b": batch_b["x"], "y_b": batch_b["y"]}
-        joint_it = self.iteration - self.cfg.optim.seg_pretrain_iters
+        joint_it = self.joint_iteration(self.iteration)
         if joint_it <= 0:
             return self.segmenter_step(batch_a, batch_b, {}, seg_on=False)
         if joint_it > self.cfg.optim.n_iters:
