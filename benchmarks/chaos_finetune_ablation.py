@@ -19,22 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from medgan.config import load_config
-from medgan.data.datalist import datalist_from_folder
-from medgan.io import atomic_write_text, strip_image_suffix
-from medgan.pipelines.benchmark.config import ROW_TITLES, BenchmarkConfig
-from medgan.pipelines.benchmark.run import _score, _stats, row_segmenter
+from medgan.io import atomic_write_text
+from medgan.pipelines.benchmark.config import ROW_TITLES
+from medgan.pipelines.benchmark.run import _score, _stats, load_run, row_segmenter
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="output_dir of a finished benchmark (results.json, benchmark.yaml)")
     args = ap.parse_args()
-    cfg = load_config(BenchmarkConfig, args.run / "benchmark.yaml")
-    results = json.loads((args.run / "results.json").read_text(encoding="utf-8"))
-    target = {strip_image_suffix(Path(e["image"])): e for e in datalist_from_folder(cfg.target.folder)}
-    test = [target[s] for s in results["split"]["test"]]
-    mapper, loaded, made = cfg.target.labels.mapper(cfg.classes), {}, {}
+    cfg, results, test, mapper = load_run(args.run)
+    loaded, made = {}, {}
     lines = ["| row | stage | " + " | ".join(cfg.classes) + " | mean Dice |", "|---" * (len(cfg.classes) + 3) + "|"]
     for row in ("cyclegan_plain", "cyclegan_shape"):
         if row not in results["segmentation"]:

@@ -103,6 +103,8 @@ def translate(
     accession_number: str = typer.Option("", help="DICOM output of a non-DICOM input: AccessionNumber."),
     tta: int = typer.Option(0, help="Test-time augmentation over N flips (2..8): mean output and a _std map (HU)."),
     qa: bool = typer.Option(False, help="A QA sheet per scan (_qa.png, warnings in the sidecar) and qa.html for the batch."),
+    largest_component: bool = typer.Option(False, help="With --segment: keep each class's largest connected component "
+                                           "only (for classes that are one organ each)."),
 ) -> None:
     """Translate whole volumes; outputs sit on each input's grid. A manifest in the output folder
     makes a rerun skip finished scans. Under `torchrun --nproc-per-node N -m medgan translate ...`
@@ -122,7 +124,8 @@ def translate(
                 accession_number, frame_of_reference_uid)
         report = run(checkpoint, inputs, output, direction, segment=segment, device=device, on_result=_show_result,
                      prefetch=prefetch, workers=workers, max_voxels=max_voxels, series_uid=series_uid,
-                     series_description=series_description, output_format=output_format, study=study, tta=tta, qa=qa)
+                     series_description=series_description, output_format=output_format, study=study, tta=tta, qa=qa,
+                     largest_component=largest_component)
     except USER_ERRORS as err:
         _fail(err)
     if report.qa_page is not None:
@@ -301,13 +304,15 @@ def adda_segment(
     device: str = typer.Option("auto"),
     workers: Optional[int] = typer.Option(None, help="Scans on the model at once (default: one per CPU core, one on CUDA)."),
     max_voxels: int = typer.Option(MAX_VOXELS, help="Refuse scans whose header gives more voxels (memory bound)."),
+    largest_component: bool = typer.Option(False, help="Keep each class's largest connected component only (for "
+                                           "classes that are one organ each)."),
 ) -> None:
     """Segment scans (outputs on each input's grid; manifest; bad files reported). Exit 1 if any failed."""
     try:
         from medgan.pipelines.adda.segment import segment
 
         report = segment(checkpoint, inputs, output, encoder, device=device,  # type: ignore[arg-type]
-                         on_result=_show_result, workers=workers, max_voxels=max_voxels)
+                         on_result=_show_result, workers=workers, max_voxels=max_voxels, largest_component=largest_component)
     except USER_ERRORS as err:
         _fail(err)
     _finish_batch(report, "segmented")

@@ -13,8 +13,12 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+
+T = TypeVar("T")  # numpy array or torch tensor: what keep_largest_components takes it gives back
 
 
 class LabelMapper:
@@ -87,3 +91,37 @@ class LabelMapper:
                 raise ValueError(f"{path}: class {c!r} is not in label space {space!r}{hint}")
             class_ids[c] = name_to_ids[c]
         return cls(classes, class_ids, set(id_to_name))
+
+
+def keep_largest_components(seg: T, n_classes: int) -> T:
+    """Keep, for each class ``1..n_classes``, only its largest connected component (26-connected
+    in 3D); the voxels of the other components become background (0).
+
+    The standard post-processing of organ segmentation (nnU-Net, Isensee et al., Nature Methods
+    2021, "remove all but the largest component"): right for classes that are one connected
+    organ each (liver, spleen, each kidney), wrong for classes with several parts (a tissue class,
+    vertebrae labelled one by one under a shared name), so the callers keep it off by default.
+    MONAI's ``KeepLargestConnectedComponent`` does the work.
+
+    Args:
+        seg: class indices ``(D, H, W)`` or ``(B, D, H, W)``, numpy array or torch tensor.
+        n_classes: number of foreground classes.
+
+    Returns:
+        the cleaned map, same type, shape and dtype.
+
+    Raises:
+        ValueError: ``seg`` not 3D or 4D.
+    """
+    import torch
+    from monai.transforms import KeepLargestConnectedComponent
+
+    if seg.ndim not in (3, 4):
+        raise ValueError(f"keep_largest_components: class indices (D, H, W) or (B, D, H, W), got shape {tuple(seg.shape)}")
+    t = torch.as_tensor(seg)
+    keep = KeepLargestConnectedComponent(applied_labels=list(range(1, n_classes + 1)), is_onehot=False, independent=True)
+    batch = t[None] if t.ndim == 3 else t
+    # one channel-first map per item; MONAI wants a signed or float type for its label comparisons
+    out = torch.stack([torch.as_tensor(keep(b[None].long()))[0] for b in batch]).to(t.dtype)
+    out = out[0] if t.ndim == 3 else out
+    return out.numpy() if isinstance(seg, np.ndarray) else out.to(seg.device)

@@ -13,6 +13,7 @@ import torch
 
 from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
+from medgan.data.labels import keep_largest_components
 from medgan.data.transforms import labels_to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, read_label_map, read_volume, sha256_of
@@ -55,19 +56,23 @@ class AddaSegmenter:
         return sliding_window(self.network(encoder), x, self.config.roi_size, inf.overlap, inf.sw_batch_size, inf.blend,
                               device=self.device, precision=inf.precision).argmax(1)
 
-    def segment_volume(self, volume: Volume, encoder: Encoder = "adapted", domain: str | None = None) -> np.ndarray:
+    def segment_volume(self, volume: Volume, encoder: Encoder = "adapted", domain: str | None = None,
+                       largest_component: bool = False) -> np.ndarray:
         """Class indices ``(I, J, K)`` uint8 on ``volume``'s grid; intensities are scaled as the
-        ``domain`` (default: the target domain) was in training."""
+        ``domain`` (default: the target domain) was in training; ``largest_component``: each class
+        keeps only its largest connected component on that grid (for one-organ classes)."""
         image, _ = self.pre[domain or self.config.target.name].image(volume)
         seg = self.segment_tensor(image.as_tensor()[None], encoder)[0]
-        return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
+        seg = labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
+        return keep_largest_components(seg, len(self.classes)) if largest_component else seg
 
 
 class AddaSegmentTask:
     """:class:`medgan.batch.VolumeTask` writing ``{stem}_adda_seg.nii.gz`` class-index maps."""
 
-    def __init__(self, model: AddaSegmenter, encoder: Encoder = "adapted", domain: str | None = None) -> None:
-        self.model, self.encoder = model, encoder
+    def __init__(self, model: AddaSegmenter, encoder: Encoder = "adapted", domain: str | None = None,
+                 largest_component: bool = False) -> None:
+        self.model, self.encoder, self.largest_component = model, encoder, largest_component
         self.domain = domain or model.config.target.name
         self.name = "adda_seg" if encoder == "adapted" else f"adda_{encoder}_seg"
         self.device = model.device
@@ -79,21 +84,26 @@ class AddaSegmentTask:
         return self.model.segment_tensor(image.as_tensor()[None], self.encoder)[0]
 
     def finish(self, grid: Grid, image, seg) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
-        return {"": (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape), np.uint8)}
+        labels = labels_to_input_grid(seg, image.affine, grid.affine, grid.shape)
+        if self.largest_component:  # on the grid written: one component there, whatever the resampling did
+            labels = keep_largest_components(labels, len(self.model.classes))
+        return {"": (labels, np.uint8)}
 
     def provenance(self) -> dict:
         return {"checkpoint": str(self.model.folder.resolve()), "checkpoint_sha256": sha256_of(self.model.folder / WEIGHTS),
                 "config": self.model.config.model_dump(mode="json"), "encoder": self.encoder, "domain": self.domain,
-                "classes": ["background", *self.model.classes]}
+                "classes": ["background", *self.model.classes],
+                **({"largest_component": True} if self.largest_component else {})}  # absent when off: earlier manifests resume
 
 
 def segment(checkpoint: str | Path, inputs: list[str | Path], output_dir: str | Path, encoder: Encoder = "adapted",
             domain: str | None = None, device: str = "auto", on_result=None, prefetch: int = 2,  # noqa: ANN001
-            workers: int | None = None, max_voxels: int | None = MAX_VOXELS) -> BatchReport:
+            workers: int | None = None, max_voxels: int | None = MAX_VOXELS, largest_component: bool = False) -> BatchReport:
     """Segment every scan named by ``inputs``; same guarantees as ``medgan translate`` (input grid,
-    manifest and resume, bad files reported and skipped, sharding under torchrun)."""
+    manifest and resume, bad files reported and skipped, sharding under torchrun).
+    ``largest_component``: each class keeps only its largest connected component (for one-organ classes)."""
     model = AddaSegmenter(checkpoint, rank_device(device))
-    return run_batch(AddaSegmentTask(model, encoder, domain), plan_jobs(list(inputs)), output_dir, prefetch=prefetch,
+    return run_batch(AddaSegmentTask(model, encoder, domain, largest_component), plan_jobs(list(inputs)), output_dir, prefetch=prefetch,
                      workers=workers, max_voxels=max_voxels, on_result=on_result)  # rank and world from torchrun
 
 

@@ -117,6 +117,9 @@ class BenchmarkConfig(PipelineConfig):
         "only ('any': from every volume, unlabelled ones giving no update, as medgan <= 0.5)")
     seg_lr: float = Field(1e-3, gt=0, description="Adam learning rate of every row's segmenter (ADDA's lr_source, the "
                           "CycleGAN's optim.seg_lr): the same segmenter trained the same way in each row")
+    largest_component: bool = Field(
+        False, description="every row's segmentation keeps each class's largest connected component only (nnU-Net's "
+        "post-processing; for classes that are one organ each), in scoring and in the self-training row's pseudo-labels")
     cyclegan: list[str] = Field(default_factory=list, description="extra overrides of every CycleGAN run (key=value)")
     adda: list[str] = Field(default_factory=list, description="extra overrides of every ADDA run (key=value)")
     device: str = "auto"

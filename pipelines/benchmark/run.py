@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medgan.config import apply_override, dump_config
+from medgan.config import apply_override, dump_config, load_config
 from medgan.data.datalist import datalist_from_folder
+from medgan.data.labels import LabelMapper
 from medgan.io import atomic_write_text, read_label_map, read_volume, strip_image_suffix
 from medgan.metrics import dice_per_class, hd95_per_class
 from medgan.pipelines.benchmark.config import ROW_TITLES, BenchmarkConfig, Side
@@ -135,8 +136,8 @@ def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path, loaded: dict
         loaded[checkpoint] = Translator(checkpoint, cfg.device) if encoder is None else AddaSegmenter(checkpoint, cfg.device)
     model = loaded[checkpoint]
     if encoder is None:
-        return lambda v: model.segment_volume(v, cfg.target.name)
-    return lambda v: model.segment_volume(v, encoder)
+        return lambda v: model.segment_volume(v, cfg.target.name, largest_component=cfg.largest_component)
+    return lambda v: model.segment_volume(v, encoder, largest_component=cfg.largest_component)
 
 
 def score_cross_protocol(cfg: BenchmarkConfig, results: dict, loaded: dict | None = None) -> dict:
@@ -184,6 +185,19 @@ def rescore_cross_protocol(cfg: BenchmarkConfig) -> dict:
     results["cross_protocol"] = score_cross_protocol(cfg, results)
     _write(results, cfg)
     return results
+
+
+def load_run(run: Path) -> tuple[BenchmarkConfig, dict, list[dict], LabelMapper]:
+    """A finished benchmark's ``(config, results, test entries, the target's label mapper)``, to
+    score its stored checkpoints again (the ablation scripts in ``benchmarks/``).
+
+    Raises:
+        FileNotFoundError: ``run`` has no ``benchmark.yaml`` or ``results.json``.
+    """
+    cfg = load_config(BenchmarkConfig, run / "benchmark.yaml")
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    target = {strip_image_suffix(Path(e["image"])): e for e in datalist_from_folder(cfg.target.folder)}
+    return cfg, results, [target[s] for s in results["split"]["test"]], cfg.target.labels.mapper(cfg.classes)
 
 
 def _write(results: dict, cfg: BenchmarkConfig) -> None:

@@ -20,6 +20,7 @@ import medgan
 from medgan.batch import MAX_VOXELS, BatchReport, done_sidecars, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, checkpoint_pipeline, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
+from medgan.data.labels import keep_largest_components
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
@@ -120,15 +121,19 @@ class Translator:
         arrays = task.finish(volume.grid, prepared, task.run(prepared))
         return Translated(image=arrays[""][0], affine=volume.affine, labels=arrays["_seg"][0] if "_seg" in arrays else None)
 
-    def segment_volume(self, volume: Volume, domain: str) -> np.ndarray:
-        """Class indices ``(I, J, K)`` uint8 of a volume of ``domain`` by S_domain, on its grid."""
+    def segment_volume(self, volume: Volume, domain: str, largest_component: bool = False) -> np.ndarray:
+        """Class indices ``(I, J, K)`` uint8 of a volume of ``domain`` by S_domain, on its grid;
+        ``largest_component``: each class keeps only its largest connected component on that grid
+        (:func:`medgan.data.labels.keep_largest_components`; for one-organ classes)."""
         image, _ = self._pre[domain].image(volume)
         seg = self.segment_tensor(image.as_tensor()[None], domain)[0]
-        return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
+        seg = labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
+        return keep_largest_components(seg, len(self.classes)) if largest_component else seg
 
-    def task(self, direction: str, segment: bool = False, tta: int = 0, qa: bool = False) -> CycleGANTask:
+    def task(self, direction: str, segment: bool = False, tta: int = 0, qa: bool = False,
+             largest_component: bool = False) -> CycleGANTask:
         """The batch task translating ``direction`` (see :func:`medgan.batch.run_batch`)."""
-        return CycleGANTask(self, direction, segment, tta, qa)
+        return CycleGANTask(self, direction, segment, tta, qa, largest_component)
 
     def translate_file(self, path: str | Path, output_dir: str | Path, direction: str, segment: bool = False) -> list[Path]:
         """Read, translate and write ``{stem}_{direction}.nii.gz`` (+ ``_seg`` and a JSON sidecar).
@@ -182,15 +187,23 @@ class CycleGANTask:
     a synthetic CT); with ``segment`` its mean inside each segmented class goes into the sidecar
     (``tta_std``). The segmenter runs on the mean.
 
+    ``largest_component`` (with ``segment``): each class of the written label map keeps only its
+    largest connected component on the input's grid (:func:`medgan.data.labels.keep_largest_components`;
+    for one-organ classes). The sidecar's ``tta_std`` and the QA sheet use the map as predicted.
+
     ``qa``: a QA sheet per scan (:mod:`medgan.qa`): ``_qa.png`` and a ``qa`` entry in the sidecar
     (out-of-distribution, intensity and uncertainty warnings).
 
     Raises:
-        ValueError: ``segment`` without segmenters, or ``tta`` outside 0..8.
+        ValueError: ``segment`` without segmenters, ``largest_component`` without ``segment``, or
+            ``tta`` outside 0..8.
     """
 
-    def __init__(self, translator: Translator, direction: str, segment: bool = False, tta: int = 0, qa: bool = False) -> None:
-        self.tr, self.segment, self.qa = translator, segment, qa
+    def __init__(self, translator: Translator, direction: str, segment: bool = False, tta: int = 0, qa: bool = False,
+                 largest_component: bool = False) -> None:
+        if largest_component and not segment:
+            raise ValueError("--largest-component post-processes the segmentation: it needs --segment")
+        self.tr, self.segment, self.qa, self.largest_component = translator, segment, qa, largest_component
         self.src, self.tgt = translator.parse_direction(direction)
         self.name = f"{self.src}2{self.tgt}".lower()
         self.device = translator.device
@@ -244,7 +257,10 @@ class CycleGANTask:
         units = self._units(prepared, y)
         out = {"": (to_input_grid(units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)}
         if seg is not None:
-            out["_seg"] = (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape), np.uint8)
+            labels = labels_to_input_grid(seg, image.affine, grid.affine, grid.shape)
+            if self.largest_component:  # on the grid written: one component there, whatever the resampling did
+                labels = keep_largest_components(labels, len(self.tr.classes))
+            out["_seg"] = (labels, np.uint8)
         if std is not None:
             std_units = std.float().clone()
             if prepared.air_body is not None:
@@ -295,6 +311,7 @@ class CycleGANTask:
             "classes": ["background", *self.tr.classes] if self.segment else None,
             **({"tta": self.tta} if self.tta else {}),  # absent when off: earlier manifests still resume
             **({"qa": True} if self.qa else {}),
+            **({"largest_component": True} if self.largest_component else {}),
         }
 
 
@@ -303,7 +320,7 @@ def translate(
     segment: bool = False, device: str = "auto", on_result=None,  # noqa: ANN001
     prefetch: int = 2, series_uid: str | None = None, series_description: str | None = None,
     workers: int | None = None, max_voxels: int | None = MAX_VOXELS, output_format: str = "nifti",
-    study: StudyIdentifiers | None = None, tta: int = 0, qa: bool = False,
+    study: StudyIdentifiers | None = None, tta: int = 0, qa: bool = False, largest_component: bool = False,
 ) -> BatchReport:
     """Translate every scan named by ``inputs`` (files, folders, globs, DICOM folders) into
     ``output_dir``, with a manifest; finished scans of an earlier run are skipped. Under
@@ -314,13 +331,14 @@ def translate(
     (``{stem}_mr2ct_dicom/``, see :func:`medgan.io.dicom_write.write_ct_series`) in the source
     MR's study and frame of reference; non-DICOM inputs need ``study``. ``qa`` writes a QA sheet
     per scan and ``qa.html`` for every scan of the folder (:mod:`medgan.qa`).
+    ``largest_component`` (with ``segment``): see :class:`CycleGANTask`.
 
     Raises:
         ValueError: DICOM output of a direction whose target is not CT (HU), or an unknown format.
         VolumeError: DICOM output of non-DICOM inputs without ``study``.
     """
     translator = open_translator(checkpoint, rank_device(device))
-    task = translator.task(direction, segment, tta, qa)
+    task = translator.task(direction, segment, tta, qa, largest_component)
     dicom = None
     if output_format == "dicom":
         if translator.config.domain(task.tgt).intensity.kind != "window":

@@ -77,5 +77,13 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
         assert sorted(p.name for p in (tmp_path / "b" / row / "checkpoints").iterdir()) == ["iter_000002", "iter_000004"]
     # pseudo-labels only for the training MR; the test subject entered no training step
     assert [p.name for p in (tmp_path / "b/self_training/pseudo").iterdir()] == ["chaos-t2-01_pseudo.nii.gz"]
+    # chaos.yaml keeps each organ's largest connected component, in scoring and in the pseudo-labels
+    assert cfg.largest_component
+    from scipy import ndimage
+
+    from medgan.io import read_volume
+
+    pseudo = read_volume(tmp_path / "b/self_training/pseudo/chaos-t2-01_pseudo.nii.gz").array
+    assert all(ndimage.label(pseudo == c, np.ones((3, 3, 3)))[1] <= 1 for c in range(1, len(cfg.classes) + 1))
     for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):
         assert "chaos-t2-02" not in cfg_file.read_text(), cfg_file

@@ -286,3 +286,21 @@ def test_tta_writes_a_std_map_in_hu_and_per_class_means(tmp_path, tiny_checkpoin
     assert float(np.asarray(std.dataobj).min()) >= 0 and float(np.asarray(std.dataobj).max()) > 0
     side = json.loads((tmp_path / "out/in_mr2ct.json").read_text())
     assert side["tta"] == 4 and side["tta_std"]["passes"] == 4 and side["tta_std"]["mean_std_per_class"]
+
+
+def test_largest_component_keeps_one_component_per_class(tmp_path, tiny_checkpoint):
+    from scipy import ndimage
+
+    src = write_nifti_file(tmp_path / "in.nii.gz", _mr_like(), axcodes_affine("LPS", (3, 3, 3)))
+    n_parts = {}
+    for name, on in (("raw", False), ("lcc", True)):
+        rep = translate(tiny_checkpoint, [src], tmp_path / name, "mr2ct", segment=True, largest_component=on)
+        assert rep.ok, rep.failed
+        seg = np.asarray(nib.load(str(tmp_path / name / "in_mr2ct_seg.nii.gz")).dataobj)
+        n_parts[name] = [ndimage.label(seg == c, np.ones((3, 3, 3)))[1] for c in range(1, 10)]
+        side = json.loads((tmp_path / name / "in_mr2ct.json").read_text())
+        assert side.get("largest_component", False) is on  # recorded: a rerun with the other setting redoes the scan
+    assert max(n_parts["raw"]) > 1  # the untrained segmenter's speckle: something to remove
+    assert all(n <= 1 for n in n_parts["lcc"])
+    with pytest.raises(ValueError, match="needs --segment"):
+        Translator(tiny_checkpoint, "cpu").task("mr2ct", segment=False, largest_component=True)
