@@ -14,14 +14,12 @@ the run folder.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from medgan.io import atomic_write_text
 from medgan.pipelines.benchmark.config import ROW_TITLES
-from medgan.pipelines.benchmark.run import _score, _stats, load_run, row_segmenter
+from medgan.pipelines.benchmark.run import _score, _stats, load_run, row_segmenter, write_ablation
 
 
 def main() -> None:
@@ -43,10 +41,7 @@ def main() -> None:
             stats = [_stats([p["dice"][c] for p in per]) for c in cfg.classes]
             lines.append(f"| {ROW_TITLES[row]} | {stage} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s, _ in stats)
                          + f" | {np.mean([m for m, _, _ in stats]):.3f} |")
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(args.run / "finetune_ablation.md", text)
-    atomic_write_text(args.run / "finetune_ablation.json", json.dumps(made, indent=2))
-    print(text)
+    write_ablation(args.run, "finetune_ablation", "\n".join(lines) + "\n", made)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,12 @@ trained on pseudo-labels made with the run's own setting; only its scoring chang
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from medgan.io import atomic_write_text
 from medgan.pipelines.benchmark.config import ROW_TITLES
-from medgan.pipelines.benchmark.run import _score, _stats, load_run, row_segmenter
+from medgan.pipelines.benchmark.run import _score, _stats, load_run, row_segmenter, write_ablation
 
 
 def main() -> None:
@@ -44,10 +42,7 @@ def main() -> None:
             cells.append(f"{dice:.3f} / {hd:.1f}")
         lines.append(f"| {ROW_TITLES[row]} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(args.run / "postprocess_ablation.md", text)
-    atomic_write_text(args.run / "postprocess_ablation.json", json.dumps(made, indent=2))
-    print(text)
+    write_ablation(args.run, "postprocess_ablation", "\n".join(lines) + "\n", made)
 
 
 if __name__ == "__main__":

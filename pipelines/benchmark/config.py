@@ -119,7 +119,8 @@ class BenchmarkConfig(PipelineConfig):
                           "CycleGAN's optim.seg_lr): the same segmenter trained the same way in each row")
     largest_component: bool = Field(
         False, description="every row's segmentation keeps each class's largest connected component only (nnU-Net's "
-        "post-processing; for classes that are one organ each), in scoring and in the self-training row's pseudo-labels")
+        "post-processing; for classes that are one organ each) when scored; the self-training row's pseudo-labels stay "
+        "as predicted")
     cyclegan: list[str] = Field(default_factory=list, description="extra overrides of every CycleGAN run (key=value)")
     adda: list[str] = Field(default_factory=list, description="extra overrides of every ADDA run (key=value)")
     device: str = "auto"

@@ -77,13 +77,18 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
         assert sorted(p.name for p in (tmp_path / "b" / row / "checkpoints").iterdir()) == ["iter_000002", "iter_000004"]
     # pseudo-labels only for the training MR; the test subject entered no training step
     assert [p.name for p in (tmp_path / "b/self_training/pseudo").iterdir()] == ["chaos-t2-01_pseudo.nii.gz"]
-    # chaos.yaml keeps each organ's largest connected component, in scoring and in the pseudo-labels
+    # chaos.yaml scores each organ's largest connected component; the pseudo-labels stay as S_MR predicts them
     assert cfg.largest_component
-    from scipy import ndimage
-
     from medgan.io import read_volume
+    from medgan.pipelines.benchmark.run import row_segmenter
 
     pseudo = read_volume(tmp_path / "b/self_training/pseudo/chaos-t2-01_pseudo.nii.gz").array
-    assert all(ndimage.label(pseudo == c, np.ones((3, 3, 3)))[1] <= 1 for c in range(1, len(cfg.classes) + 1))
+    train_mr = read_volume(DATA_DIR / "abdomen/mr-chaos/chaos-t2-01.nii.gz")
+    shape_ckpt = res["checkpoints"]["cyclegan_shape"]
+    raw, cut = (row_segmenter(cfg.model_copy(update={"largest_component": on}), "cyclegan_shape", shape_ckpt, {})(train_mr)
+                for on in (False, True))
+    assert np.array_equal(pseudo, raw)
+    if not np.array_equal(raw, cut):  # the scored map keeps fewer voxels, never others
+        assert ((cut == raw) | (cut == 0)).all() and (cut > 0).sum() < (raw > 0).sum()
     for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):
         assert "chaos-t2-02" not in cfg_file.read_text(), cfg_file
