@@ -140,6 +140,27 @@ def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path, loaded: dict
     return lambda v: model.segment_volume(v, encoder, largest_component=cfg.largest_component)
 
 
+def train_self_training(cfg: BenchmarkConfig, ct: list[dict], unlabelled: list[dict], shape_checkpoint: Path,
+                        out: Path, loaded: dict) -> Path:
+    """The self-training row: pseudo-labels of the training MRs (``unlabelled``; the test subjects
+    never get one) by the shape-consistent model's S_MR, then the supervised ADDA segmenter on
+    them; returns its checkpoint (``out/self_training``)."""
+    from medgan.io import write_nifti
+
+    # S_MR's labels as predicted: pseudo-labels cut to each organ's largest component taught worse
+    # (CHAOS benchmark, benchmarks/README.md: 0.225 against 0.412 mean Dice, both scored with it)
+    segment = row_segmenter(cfg.model_copy(update={"largest_component": False}), "cyclegan_shape", shape_checkpoint, loaded)
+    pseudo = []
+    for e in unlabelled:
+        vol = read_volume(e["image"])
+        path = out / "self_training/pseudo" / f"{strip_image_suffix(Path(e['image']))}_pseudo.nii.gz"
+        write_nifti(path, segment(vol), vol.affine, dtype=np.uint8)
+        pseudo.append({"image": e["image"], "label": str(path)})
+    # the pseudo-label maps hold class indices 1..K in the order of cfg.classes
+    side = {**_side(cfg.target, pseudo), "labels": {"ids": {c: [i] for i, c in enumerate(cfg.classes, start=1)}}}
+    return _adda(cfg, _side(cfg.source, ct), side, out / "self_training", supervised=True, target_side=True)
+
+
 def score_cross_protocol(cfg: BenchmarkConfig, results: dict, loaded: dict | None = None) -> dict:
     """Dice/HD95 per organ of each segmentation row of ``results`` (the checkpoint it records
     for the row) on every scan of each ``cfg.cross_protocol`` set: ``{set name: {row: [per-scan
@@ -289,21 +310,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         timed("cycada", cycada)
     if "self_training" in rows:
         def self_training() -> None:
-            from medgan.io import write_nifti
-
-            # its S_MR, as predicted: pseudo-labels cut to each organ's largest component taught worse
-            # (CHAOS benchmark, benchmarks/README.md: 0.225 against 0.412 mean Dice, both scored with it)
-            segment = row_segmenter(cfg.model_copy(update={"largest_component": False}), "cyclegan_shape",
-                                    Path(ckpts["cyclegan_shape"]), loaded)
-            pseudo = []
-            for e in unlabelled:  # the training MRs only: the test subjects never get a pseudo-label
-                vol = read_volume(e["image"])
-                path = out / "self_training/pseudo" / f"{strip_image_suffix(Path(e['image']))}_pseudo.nii.gz"
-                write_nifti(path, segment(vol), vol.affine, dtype=np.uint8)
-                pseudo.append({"image": e["image"], "label": str(path)})
-            # the pseudo-label maps hold class indices 1..K in the order of cfg.classes
-            side = {**_side(cfg.target, pseudo), "labels": {"ids": {c: [i] for i, c in enumerate(cfg.classes, start=1)}}}
-            scored("self_training", _adda(cfg, _side(cfg.source, ct), side, out / "self_training", supervised=True, target_side=True))
+            scored("self_training", train_self_training(cfg, ct, unlabelled, Path(ckpts["cyclegan_shape"]), out, loaded))
         timed("self_training", self_training)
     if "supervised" in rows:
         def supervised() -> None:
