@@ -32,7 +32,7 @@ from monai.transforms import (
 )
 
 from medgan.data.intensity import IntensityScaling, ScalingKind, fit_scaling
-from medgan.data.labels import LabelMapper
+from medgan.data.labels import LabelMapper, keep_largest_components
 from medgan.io import Grid, Volume, read_label_map, read_volume
 from medgan.keys import Keys
 
@@ -97,12 +97,16 @@ def to_input_grid(
 
 
 def labels_to_input_grid(
-    labels: torch.Tensor, canonical_affine: torch.Tensor, affine: np.ndarray, shape: Sequence[int], dtype: type = np.uint8
+    labels: torch.Tensor, canonical_affine: torch.Tensor, affine: np.ndarray, shape: Sequence[int], dtype: type = np.uint8,
+    largest_component_of: int = 0,
 ) -> np.ndarray:
     """Class indices ``(D, H, W)`` on the canonical grid -> ``(I, J, K)`` on the input's grid
-    (nearest neighbour), as ``dtype``."""
+    (nearest neighbour), as ``dtype``. ``largest_component_of=K``: classes ``1..K`` then keep only
+    their largest connected component on that grid, the one written, whatever the resampling did
+    (:func:`medgan.data.labels.keep_largest_components`; for one-organ classes)."""
     out = to_input_grid(torch.as_tensor(labels)[None].float(), canonical_affine, affine, shape, "nearest")[0]
-    return out.round().astype(dtype)
+    out = out.round().astype(dtype)
+    return keep_largest_components(out, largest_component_of) if largest_component_of else out
 
 
 def onto_grid(volume: Volume, affine: np.ndarray, shape: Sequence[int], mode: str = "nearest") -> np.ndarray:

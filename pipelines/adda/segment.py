@@ -13,7 +13,6 @@ import torch
 
 from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
-from medgan.data.labels import keep_largest_components
 from medgan.data.transforms import labels_to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, read_label_map, read_volume, sha256_of
@@ -63,8 +62,8 @@ class AddaSegmenter:
         keeps only its largest connected component on that grid (for one-organ classes)."""
         image, _ = self.pre[domain or self.config.target.name].image(volume)
         seg = self.segment_tensor(image.as_tensor()[None], encoder)[0]
-        seg = labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
-        return keep_largest_components(seg, len(self.classes)) if largest_component else seg
+        return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape,
+                                    largest_component_of=len(self.classes) if largest_component else 0)
 
 
 class AddaSegmentTask:
@@ -84,10 +83,8 @@ class AddaSegmentTask:
         return self.model.segment_tensor(image.as_tensor()[None], self.encoder)[0]
 
     def finish(self, grid: Grid, image, seg) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
-        labels = labels_to_input_grid(seg, image.affine, grid.affine, grid.shape)
-        if self.largest_component:  # on the grid written: one component there, whatever the resampling did
-            labels = keep_largest_components(labels, len(self.model.classes))
-        return {"": (labels, np.uint8)}
+        return {"": (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape,
+                                          largest_component_of=len(self.model.classes) if self.largest_component else 0), np.uint8)}
 
     def provenance(self) -> dict:
         return {"checkpoint": str(self.model.folder.resolve()), "checkpoint_sha256": sha256_of(self.model.folder / WEIGHTS),

@@ -20,7 +20,6 @@ import medgan
 from medgan.batch import MAX_VOXELS, BatchReport, done_sidecars, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, checkpoint_pipeline, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
-from medgan.data.labels import keep_largest_components
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
 from medgan.inference import inference_device, sliding_window
 from medgan.io import Grid, Volume, VolumeError, sha256_of
@@ -124,11 +123,11 @@ class Translator:
     def segment_volume(self, volume: Volume, domain: str, largest_component: bool = False) -> np.ndarray:
         """Class indices ``(I, J, K)`` uint8 of a volume of ``domain`` by S_domain, on its grid;
         ``largest_component``: each class keeps only its largest connected component on that grid
-        (:func:`medgan.data.labels.keep_largest_components`; for one-organ classes)."""
+        (:func:`medgan.data.transforms.labels_to_input_grid`; for one-organ classes)."""
         image, _ = self._pre[domain].image(volume)
         seg = self.segment_tensor(image.as_tensor()[None], domain)[0]
-        seg = labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape)
-        return keep_largest_components(seg, len(self.classes)) if largest_component else seg
+        return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape,
+                                    largest_component_of=len(self.classes) if largest_component else 0)
 
     def task(self, direction: str, segment: bool = False, tta: int = 0, qa: bool = False,
              largest_component: bool = False) -> CycleGANTask:
@@ -257,10 +256,8 @@ class CycleGANTask:
         units = self._units(prepared, y)
         out = {"": (to_input_grid(units, image.affine, grid.affine, grid.shape, "bilinear")[0], np.float32)}
         if seg is not None:
-            labels = labels_to_input_grid(seg, image.affine, grid.affine, grid.shape)
-            if self.largest_component:  # on the grid written: one component there, whatever the resampling did
-                labels = keep_largest_components(labels, len(self.tr.classes))
-            out["_seg"] = (labels, np.uint8)
+            out["_seg"] = (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape, largest_component_of=
+                                                len(self.tr.classes) if self.largest_component else 0), np.uint8)
         if std is not None:
             std_units = std.float().clone()
             if prepared.air_body is not None:
