@@ -1,12 +1,13 @@
 """Training-step speed of the CycleGAN, option by option, next to the machine's conv ceiling and
 ganslate's 3D CycleGAN step (not a test).
 
-    .venv/bin/python benchmarks/bench_step.py [--iters 8] [--compile] [--curves 150] [--json out.json]
+    .venv/bin/python benchmarks/bench_step.py [--iters 8] [--nets benchmark|demo] [--compile] [--curves 150] [--json out.json]
 
 1. **conv ceiling**: GFLOP/s of a dense Conv3d(64, 64, 3) forward + backward on (1, 64, 32, 64, 64),
    float32 and bfloat16 (channels-last), the best this machine does on the step's main operation;
 2. **medgan's step** (G, D and S updates; the benchmark networks of bench_cyclegan.py; patch
-   64x64x32 voxels; batch 1; phantom data) with each option of ``train`` (amp = bfloat16 autocast,
+   64x64x32 voxels; batch 1; phantom data; ``--nets demo``: the demo's own small networks and
+   48x48x32 patch, ``configs/phantom.yaml`` as it is) with each option of ``train`` (amp = bfloat16 autocast,
    channels_last; ``--compile`` also tries torch.compile): seconds per iteration (median after 2 warm-up iterations), FLOPs per
    iteration counted with ``torch.utils.flop_counter.FlopCounterMode``, achieved GFLOP/s;
    "0.2 default" is the step medgan 0.2 ran on CPU (float32, contiguous);
@@ -81,13 +82,13 @@ def timed_steps(tr, n: int) -> list[float]:  # noqa: ANN001 - a CycleGANTrainer
     return times
 
 
-def bench_variant(overrides: list[str], iters: int, out: Path) -> dict:
+def bench_variant(overrides: list[str], iters: int, out: Path, nets: list[str] = NETS) -> dict:
     from medgan.config import load_config
     from medgan.pipelines.cyclegan.config import CycleGANConfig
     from medgan.pipelines.cyclegan.trainer import CycleGANTrainer
 
     cfg = load_config(CycleGANConfig, ROOT / "configs/phantom.yaml",
-                      [*NETS, *overrides, f"train.output_dir={out}", f"optim.n_iters={iters + 3}", "loss.shape_warmup_iters=0"])
+                      [*nets, *overrides, f"train.output_dir={out}", f"optim.n_iters={iters + 3}", "loss.shape_warmup_iters=0"])
     tr = CycleGANTrainer(cfg, progress=False)
     times = timed_steps(tr, iters + 2)
     t_first = times[0]
@@ -183,13 +184,15 @@ def curves(n: int, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=8)
+    ap.add_argument("--nets", choices=["benchmark", "demo"], default="benchmark",
+                    help="the benchmark's networks on a 64x64x32 patch, or configs/phantom.yaml's own (the demo)")
     ap.add_argument("--compile", action="store_true", help="also try torch.compile on the networks")
     ap.add_argument("--curves", type=int, default=0, help="iterations of the learning-curve comparison (0: skip)")
     ap.add_argument("--ref", default=str(ROOT.parent / "shared/bench/ref_cyclegan3d.py"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     os.chdir(ROOT)
-    res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    res = {"nets": args.nets, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "avx512_bf16": torch.cpu._is_avx512_bf16_supported(), "amx": torch.cpu._is_amx_tile_supported()}
     res["conv_ceiling"] = conv_ceiling()
     print(json.dumps(res, indent=1), flush=True)
@@ -197,7 +200,8 @@ def main() -> None:
     res["medgan"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, ov in variants.items():
-            res["medgan"][name] = bench_variant(ov, args.iters, Path(tmp) / str(len(res["medgan"])))
+            res["medgan"][name] = bench_variant(ov, args.iters, Path(tmp) / str(len(res["medgan"])),
+                                                NETS if args.nets == "benchmark" else ["optim.seg_pretrain_iters=0"])
             print(name, json.dumps(res["medgan"][name]), flush=True)
         if args.compile:
             res["compile"] = bench_compile(Path(tmp) / "compile")

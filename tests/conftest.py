@@ -22,6 +22,8 @@ TINY = [
     "network.seg_features=[4,4,4,8,8,4]", "train.patch_size=[32,32,16]", "train.png_every=1000",
     "train.checkpoint_every=1000", "train.log_every=1000", "train.pool_size=4",
     "inference.roi_size=[32,32,16]", "inference.sw_batch_size=4", "optim.seg_pretrain_iters=0",
+    # the whole method: segmenters also learn from translated volumes (the demo config leaves that out)
+    "loss.lambda_seg_fake=1",
 ]
 
 
