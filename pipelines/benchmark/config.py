@@ -48,21 +48,25 @@ class CrossProtocol(_Strict):
     name: str
     folder: InputPath
     labels: LabelConfig
+    subjects: list[str] | None = Field(None, description="score only these scans (image names without suffix); "
+                                       "default every labelled scan of the folder")
 
 
 class Split(_Strict):
     """``file``: a JSON with ``version``, ``train`` and ``test`` subject names (image names without
     suffix); or ``folds`` > 1: fold ``fold`` of k folds over the sorted subjects (test = every
-    k-th subject from the ``fold``-th)."""
+    k-th subject from the ``fold``-th); or ``train_all``: every target subject trains and the rows
+    are scored on ``cross_protocol`` alone (trained on one protocol, tested on another)."""
 
     file: InputPath | None = None
     folds: int | None = Field(None, ge=2)
     fold: int = Field(0, ge=0)
+    train_all: bool = False
 
     @model_validator(mode="after")
     def _one(self) -> Split:
-        if (self.file is None) == (self.folds is None):
-            raise ValueError("give split.file or split.folds")
+        if (self.file is not None) + (self.folds is not None) + self.train_all != 1:
+            raise ValueError("give one of split.file, split.folds and split.train_all")
         if self.folds is not None and self.fold >= self.folds:
             raise ValueError(f"split.fold must be below split.folds ({self.folds})")
         return self
@@ -73,6 +77,8 @@ class Split(_Strict):
         Raises:
             ValueError: a split that names missing subjects, overlaps, or leaves no test subject.
         """
+        if self.train_all:
+            return sorted(available), [], "every subject trains; no test split"
         if self.file is not None:
             table = json.loads(Path(self.file).read_text(encoding="utf-8"))
             train, test = list(table["train"]), list(table["test"])
@@ -126,3 +132,12 @@ class BenchmarkConfig(PipelineConfig):
     device: str = "auto"
     seed: int = 0
     output_dir: Path = Path("runs/benchmark")
+
+    @model_validator(mode="after")
+    def _scored_somewhere(self) -> BenchmarkConfig:
+        if self.split.train_all and not self.cross_protocol:
+            raise ValueError("split.train_all leaves no test subject: give cross_protocol sets to score the rows on")
+        if self.split.train_all and self.histmatch_baseline:
+            raise ValueError("split.train_all: the histogram-matching baseline scores test MRs, and there are none; "
+                             "set histmatch_baseline: false")
+        return self

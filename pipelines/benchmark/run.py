@@ -177,11 +177,17 @@ def score_cross_protocol(cfg: BenchmarkConfig, results: dict, loaded: dict | Non
     scored: dict = {}
     for extra in cfg.cross_protocol:
         entries = [e for e in datalist_from_folder(extra.folder) if e["label"]]
+        if extra.subjects is not None:
+            named = {strip_image_suffix(Path(e["image"])): e for e in entries}
+            absent = sorted(set(extra.subjects) - set(named))
+            if absent:
+                raise ValueError(f"cross_protocol {extra.name!r}: no labelled scan {absent} in {extra.folder}")
+            entries = [named[s] for s in extra.subjects]
         if not entries:
             raise ValueError(f"cross_protocol {extra.name!r}: no labelled scan in {extra.folder}")
         mapper = extra.labels.mapper(cfg.classes)
-        scored[extra.name] = {row: _score(row_segmenter(cfg, row, Path(results["checkpoints"][row]), loaded), entries, mapper, cfg.classes)
-                              for row in results["segmentation"]}
+        scored[extra.name] = {row: _score(row_segmenter(cfg, row, Path(ckpt), loaded), entries, mapper, cfg.classes)
+                              for row, ckpt in results["checkpoints"].items()}
     return scored
 
 
@@ -243,7 +249,8 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
-    """Train every row of ``cfg`` and score it on the test subjects; writes ``results.json``,
+    """Train every row of ``cfg`` and score it on the test subjects (with ``split.train_all``, on the
+    ``cross_protocol`` sets alone) and the ``cross_protocol`` sets; writes ``results.json``,
     ``table.md`` and ``table.csv`` into ``cfg.output_dir`` and returns the results.
 
     Raises:
@@ -277,9 +284,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     rows = list(cfg.rows)
     loaded: dict = {}  # checkpoint -> its segmenting model, loaded once (row_segmenter)
 
-    def scored(row: str, checkpoint: Path) -> None:  # the row's model on every test subject
+    def scored(row: str, checkpoint: Path) -> None:  # the row's model on every test subject (if any: split.train_all)
         results["checkpoints"][row] = str(checkpoint)
-        results["segmentation"][row] = _score(row_segmenter(cfg, row, Path(checkpoint), loaded), test, mapper, cfg.classes)
+        if test:
+            results["segmentation"][row] = _score(row_segmenter(cfg, row, Path(checkpoint), loaded), test, mapper, cfg.classes)
 
     if "no_adaptation" in rows or "adda" in rows:
         def adda_rows() -> None:
@@ -293,7 +301,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             def cg(row: str = row, shape: bool = shape) -> None:
                 ckpts[row] = _cyclegan(cfg, ct, unlabelled, out / row, shape)
                 scored(row, ckpts[row])
-                results["sct"][row] = _sct_rows(ckpts[row], test, out / row, cfg.source.folder, translate_with=ckpts[row])
+                if test:
+                    results["sct"][row] = _sct_rows(ckpts[row], test, out / row, cfg.source.folder, translate_with=ckpts[row])
             timed(row, cg)
     if "cycada" in rows:
         def cycada() -> None:
@@ -358,13 +367,15 @@ def _pm(s: tuple[float, float, int], fmt: str, subjects: int | None = None) -> s
 
 
 def markdown(results: dict, cfg: BenchmarkConfig) -> str:
-    t, cls = results["tables"], cfg.classes
+    t, cls, test = results["tables"], cfg.classes, results["split"]["test"]
     lines = [f"# Benchmark {cfg.name}", "",
              f"Source (labelled CT): {len(results['source'])} volume(s) of one subject: " + ", ".join(Path(p).name for p in results["source"]),
              f"Target MR split ({results['split']['rule']}): {len(results['split']['train'])} training subjects "
-             f"(unlabelled, except for the supervised row), test {', '.join(results['split']['test'])}.", "",
-             "## CT -> MR segmentation on the test MR: Dice / HD95 (mm), mean ± std over test subjects", "",
-             "| row | " + " | ".join(cls) + " | mean Dice | time (s) |", "|---" * (len(cls) + 3) + "|"]
+             f"({', '.join(results['split']['train'])}; unlabelled, except for the supervised row), "
+             + (f"test {', '.join(test)}." if test else "no test subject: the rows are scored across protocols only."), ""]
+    if test:
+        lines += ["## CT -> MR segmentation on the test MR: Dice / HD95 (mm), mean ± std over test subjects", "",
+                  "| row | " + " | ".join(cls) + " | mean Dice | time (s) |", "|---" * (len(cls) + 3) + "|"]
     seconds = results["seconds"]
 
     def seg_lines(table: dict, with_time: bool, n: int) -> list[str]:
@@ -376,11 +387,13 @@ def markdown(results: dict, cfg: BenchmarkConfig) -> str:
                         + f" | {np.mean(means):.3f} |" + (f" {sec} |" if with_time else ""))
         return made
 
-    lines += seg_lines(t["segmentation"], True, len(results["split"]["test"]))
+    lines += seg_lines(t["segmentation"], True, len(test))
     for name, per_row in results.get("cross_protocol", {}).items():
         subjects = [s["subject"] for s in next(iter(per_row.values()))]
+        timed = not test  # the only table of a split.train_all run carries the times
         lines += ["", f"## Across protocols: {name} ({', '.join(subjects)}; no row trained on it): Dice / HD95 (mm)", "",
-                  "| row | " + " | ".join(cls) + " | mean Dice |", "|---" * (len(cls) + 2) + "|", *seg_lines(t[f"cross_protocol: {name}"], False, len(subjects))]
+                  "| row | " + " | ".join(cls) + " | mean Dice |" + (" time (s) |" if timed else ""),
+                  "|---" * (len(cls) + 2 + timed) + "|", *seg_lines(t[f"cross_protocol: {name}"], timed, len(subjects))]
     if t["sct"]:
         lines += ["", "## Synthetic CT of the test MR: |median HU - real CT median HU| and S_CT Dice, mean ± std over test subjects", "",
                   "The real CT medians come from the labelled source CT, which the models trained on (the only labelled "

@@ -92,3 +92,43 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
         assert ((cut == raw) | (cut == 0)).all() and (cut > 0).sum() < (raw > 0).sum()
     for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):
         assert "chaos-t2-02" not in cfg_file.read_text(), cfg_file
+
+
+def test_train_all_split_needs_cross_protocol_sets_to_score_on():
+    train, test, _ = Split(train_all=True).subjects(CHAOS[:3])
+    assert train == sorted(CHAOS[:3]) and test == []
+    with pytest.raises(ValueError, match="one of split.file"):
+        Split(train_all=True, folds=5)
+    reverse = ROOT / "configs/benchmarks/chaos_reverse.yaml"
+    with pytest.raises(ValueError, match="no test subject"):
+        load_config(BenchmarkConfig, reverse, ["cross_protocol=[]"])
+    with pytest.raises(ValueError, match="histmatch_baseline"):
+        load_config(BenchmarkConfig, reverse, ["histmatch_baseline=true"])
+    # the reverse table is scored on the CHAOS split's test subjects, which no row of it trains on
+    cfg = load_config(BenchmarkConfig, reverse)
+    split = json.loads((ROOT / "configs/benchmarks/chaos_split.json").read_text())
+    assert cfg.cross_protocol[0].subjects == split["test"]
+
+
+@requires_data
+def test_tiny_reverse_benchmark_trains_on_the_other_protocol_and_scores_chaos(tmp_path):
+    cfg = load_config(BenchmarkConfig, ROOT / "configs/benchmarks/chaos_reverse.yaml", [
+        "rows=[no_adaptation, supervised]", "iters=2", "seg_iters=2",
+        "patch_size=[32,32,32]", "seg_features=[4,4,4,8,8,4]", f"output_dir={tmp_path / 'r'}",
+        "adda=[network.disc_channels=4, inference.sw_batch_size=4, inference.overlap=0]", "device=cpu"])
+    one = cfg.cross_protocol[0].model_copy(update={"subjects": ["chaos-t2-02"]})  # a training subject of chaos.yaml: fine here
+    cfg = cfg.model_copy(update={"cross_protocol": [one]})
+    from medgan.pipelines.benchmark.run import run_benchmark
+
+    res = run_benchmark(cfg)
+    assert res["split"]["train"] == ["ts-mr-01"] and res["split"]["test"] == []
+    assert res["segmentation"] == {} and set(res["checkpoints"]) == {"no_adaptation", "supervised"}
+    cross = res["cross_protocol"]["CHAOS T2-SPIR test subjects"]
+    assert set(cross) == {"no_adaptation", "supervised"} and all([s["subject"] for s in v] == ["chaos-t2-02"] for v in cross.values())
+    md = (tmp_path / "r/table.md").read_text()
+    assert "no test subject" in md and "## CT -> MR segmentation on the test MR" not in md
+    assert "## Across protocols: CHAOS T2-SPIR test subjects (chaos-t2-02;" in md and "| time (s) |" in md
+    with pytest.raises(ValueError, match=r"no labelled scan \['chaos-t2-99'\]"):
+        from medgan.pipelines.benchmark.run import score_cross_protocol
+
+        score_cross_protocol(cfg.model_copy(update={"cross_protocol": [one.model_copy(update={"subjects": ["chaos-t2-99"]})]}), res)
