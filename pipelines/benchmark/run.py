@@ -370,7 +370,8 @@ def markdown(results: dict, cfg: BenchmarkConfig) -> str:
     t, cls, test = results["tables"], cfg.classes, results["split"]["test"]
     lines = [f"# Benchmark {cfg.name}", "",
              f"Source (labelled CT): {len(results['source'])} volume(s) of one subject: " + ", ".join(Path(p).name for p in results["source"]),
-             f"Target MR split ({results['split']['rule']}): {len(results['split']['train'])} training subjects "
+             f"Target MR split ({results['split']['rule']}): {len(results['split']['train'])} training "
+             f"subject{'s' if len(results['split']['train']) != 1 else ''} "
              f"({', '.join(results['split']['train'])}; unlabelled, except for the supervised row), "
              + (f"test {', '.join(test)}." if test else "no test subject: the rows are scored across protocols only."), ""]
     if test:
@@ -391,7 +392,7 @@ def markdown(results: dict, cfg: BenchmarkConfig) -> str:
     for name, per_row in results.get("cross_protocol", {}).items():
         subjects = [s["subject"] for s in next(iter(per_row.values()))]
         timed = not test  # the only table of a split.train_all run carries the times
-        lines += ["", f"## Across protocols: {name} ({', '.join(subjects)}; no row trained on it): Dice / HD95 (mm)", "",
+        lines += [""] * (lines[-1] != "") + [f"## Across protocols: {name} ({', '.join(subjects)}; no row trained on it): Dice / HD95 (mm)", "",
                   "| row | " + " | ".join(cls) + " | mean Dice |" + (" time (s) |" if timed else ""),
                   "|---" * (len(cls) + 2 + timed) + "|", *seg_lines(t[f"cross_protocol: {name}"], timed, len(subjects))]
     if t["sct"]:
