@@ -180,7 +180,8 @@ class TrainBase(_Strict):
                       "float32 elsewhere; 2-3x faster steps on such CPUs (benchmarks/bench_step.py)")
     channels_last: bool = Field(False, description="networks and patches in channels-last 3D memory order "
                                 "(on a CPU with bf16: 1.3x faster for the demo's small networks, 1.2x slower for the "
-                                "benchmark's; benchmarks/bench_step.py --nets demo|benchmark)")
+                                "benchmark's; benchmarks/bench_step.py --nets demo|benchmark); ignored with several CPU ranks, where DDP "
+                                "training in channels-last is not reproducible run to run")
 
 
 class InferenceConfig(_Strict):

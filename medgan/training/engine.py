@@ -157,7 +157,14 @@ class Trainer(ABC):
         self.dist = Distributed.from_env(t.device)
         self.device, self.rank = self.dist.device, self.dist.rank
         self.amp_dtype = autocast_dtype(self.device, t.amp)
-        self.memory_format = torch.channels_last_3d if t.channels_last else torch.contiguous_format
+        channels_last = t.channels_last
+        if channels_last and self.dist.enabled and self.device.type == "cpu":
+            # measured (medgan 0.8): two identical 2-rank CPU runs with channels-last differ from
+            # the second iteration on, so neither a rerun nor --resume would reproduce a run
+            logger.warning("train.channels_last is ignored with %d CPU ranks: DDP training in channels-last is not "
+                           "reproducible on CPU; the networks stay contiguous", self.dist.world_size)
+            channels_last = False
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.progress = progress and self.dist.is_main
         self.out = Path(t.output_dir)
         self.iteration = 0
