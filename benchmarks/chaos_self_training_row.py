@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from medgan.data.datalist import datalist_from_folder
-from medgan.io import atomic_write_text, strip_image_suffix
-from medgan.pipelines.benchmark.run import _score, _stats, load_run, row_segmenter, train_self_training
+from medgan.io import atomic_write_text
+from medgan.pipelines.benchmark.run import _score, _stats, by_subject, load_run, row_segmenter, train_self_training
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg, results, test, mapper = load_run(args.run)
     cfg = cfg.model_copy(update={"output_dir": args.output})
-    target = {strip_image_suffix(Path(e["image"])): e for e in datalist_from_folder(cfg.target.folder)}
+    target = by_subject(cfg.target.folder)
     unlabelled = [{"image": target[s]["image"], "label": None} for s in results["split"]["train"]]
     t0 = time.perf_counter()
     ckpt = train_self_training(cfg, datalist_from_folder(cfg.source.folder), unlabelled,

@@ -48,6 +48,11 @@ def _side(side: Side, files: list[dict], name: str | None = None) -> dict:
             "augment": side.augment.model_dump(mode="json")}
 
 
+def by_subject(folder: Path) -> dict[str, dict]:
+    """The datalist entries of ``folder`` by subject (image name without suffix)."""
+    return {strip_image_suffix(Path(e["image"])): e for e in datalist_from_folder(folder)}
+
+
 def _configured(schema: type, tree: dict, overrides: list[str]):  # noqa: ANN202
     for o in overrides:
         apply_override(tree, o)
@@ -176,13 +181,11 @@ def score_cross_protocol(cfg: BenchmarkConfig, results: dict, loaded: dict | Non
         raise ValueError(f"{cfg.output_dir}: results.json records no checkpoint for {missing}; run the benchmark again")
     scored: dict = {}
     for extra in cfg.cross_protocol:
-        entries = [e for e in datalist_from_folder(extra.folder) if e["label"]]
-        if extra.subjects is not None:
-            named = {strip_image_suffix(Path(e["image"])): e for e in entries}
-            absent = sorted(set(extra.subjects) - set(named))
-            if absent:
-                raise ValueError(f"cross_protocol {extra.name!r}: no labelled scan {absent} in {extra.folder}")
-            entries = [named[s] for s in extra.subjects]
+        named = {s: e for s, e in by_subject(extra.folder).items() if e["label"]}
+        absent = sorted(set(extra.subjects or []) - set(named))
+        if absent:
+            raise ValueError(f"cross_protocol {extra.name!r}: no labelled scan {absent} in {extra.folder}")
+        entries = list(named.values()) if extra.subjects is None else [named[s] for s in extra.subjects]
         if not entries:
             raise ValueError(f"cross_protocol {extra.name!r}: no labelled scan in {extra.folder}")
         mapper = extra.labels.mapper(cfg.classes)
@@ -223,7 +226,7 @@ def load_run(run: Path) -> tuple[BenchmarkConfig, dict, list[dict], LabelMapper]
     """
     cfg = load_config(BenchmarkConfig, run / "benchmark.yaml")
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
-    target = {strip_image_suffix(Path(e["image"])): e for e in datalist_from_folder(cfg.target.folder)}
+    target = by_subject(cfg.target.folder)
     return cfg, results, [target[s] for s in results["split"]["test"]], cfg.target.labels.mapper(cfg.classes)
 
 
@@ -259,7 +262,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "benchmark.yaml", dump_config(cfg))
-    target = {strip_image_suffix(Path(e["image"])): e for e in datalist_from_folder(cfg.target.folder)}
+    target = by_subject(cfg.target.folder)
     train_ids, test_ids, split_note = cfg.split.subjects(list(target))
     ct = datalist_from_folder(cfg.source.folder)
     if not any(e["label"] for e in ct):
