@@ -20,6 +20,11 @@ Unsupervised rows train on unlabelled training MRs (not even their crops are cen
 labels). Each segmentation row is scored by Dice and HD95 (mm) per organ on every test MR; the
 CycleGAN rows (and a histogram-matching baseline) also give the synthetic CT of every test MR,
 scored by per-organ median HU against the labelled real CT and by S_CT's Dice on it.
+
+A rerun into the same ``output_dir`` reuses each CycleGAN row's final checkpoint of the same
+config, and with only ``seg_iters`` changed resumes its fine-tuning from the checkpoint at the end
+of its joint iterations (:func:`reusable_cyclegan`): the rows are those of a run from scratch
+(deterministic, and a resumed run continues exactly), without retraining the joint stage.
 """
 
 from __future__ import annotations
@@ -64,16 +69,67 @@ def _train_block(cfg: BenchmarkConfig, out: Path) -> dict:
             "device": cfg.device, "output_dir": str(out), "checkpoint_every": 10**9, "segmenter_patches": cfg.segmenter_patches}
 
 
-def _cyclegan(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: Path, shape: bool) -> Path:
+def cyclegan_config(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: Path, shape: bool):  # noqa: ANN201
+    """The CycleGANConfig of a CycleGAN row (``shape``: the shape-consistent one) written to ``out``."""
     from medgan.pipelines.cyclegan.config import CycleGANConfig
-    from medgan.pipelines.cyclegan.trainer import train
 
     tree = {"classes": cfg.classes, "domain_a": _side(cfg.source, ct), "domain_b": _side(cfg.target, mr),
             "network": {"seg_features": list(cfg.seg_features)},
             "loss": {"lambda_shape": 1.0 if shape else 0.0, "lambda_seg_fake": 1.0},
             "optim": {"n_iters": cfg.iters, "seg_finetune_iters": cfg.seg_iters, "seg_lr": cfg.seg_lr},
             "train": {**_train_block(cfg, out), "png_every": cfg.iters}}
-    return train(_configured(CycleGANConfig, tree, cfg.cyclegan), progress=False)
+    return _configured(CycleGANConfig, tree, cfg.cyclegan)
+
+
+def _cyclegan(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: Path, shape: bool) -> Path:
+    """Train a CycleGAN row (or reuse what ``out`` holds of it: :func:`reusable_cyclegan`)."""
+    from medgan.pipelines.cyclegan.trainer import train
+
+    config = cyclegan_config(cfg, ct, mr, out, shape)
+    done, joint = reusable_cyclegan(config)
+    if done is not None:
+        logger.info("benchmark: %s already holds this row's final checkpoint (same config): reused, not retrained", done)
+        return done
+    return train(config, resume=joint, progress=False)
+
+
+def reusable_cyclegan(config) -> tuple[Path | None, Path | None]:  # noqa: ANN001 - CycleGANConfig
+    """What a CycleGAN row's output folder already holds of ``config``'s run: ``(final, joint)``,
+    the final checkpoint of exactly this config (nothing to train), or else the checkpoint at the
+    end of its joint iterations from a run that differs only in ``optim.seg_finetune_iters`` (the
+    fine-tuning resumes from it: the joint stage does not depend on it, and a resumed run continues
+    exactly, so the row is the same as one trained from scratch). ``None`` where the folder has no
+    such checkpoint; a checkpoint of any other config is not used (its row is trained again).
+    Where a run was written (``train.output_dir``) is not part of the comparison."""
+    import yaml
+
+    o = config.optim
+    ckpts = Path(config.train.output_dir) / "checkpoints"
+    mine = yaml.safe_load(dump_config(config))
+    mine["train"].pop("output_dir", None)
+
+    def same(folder: Path, ignore_finetune: bool) -> bool:
+        if not (folder / "config.yaml").is_file() or not (folder / "weights.safetensors").is_file():
+            return False
+        theirs = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        theirs.get("train", {}).pop("output_dir", None)
+        ours = mine
+        if ignore_finetune:
+            theirs.get("optim", {}).pop("seg_finetune_iters", None)
+            ours = {**mine, "optim": {k: v for k, v in mine["optim"].items() if k != "seg_finetune_iters"}}
+        if theirs != ours:
+            logger.info("benchmark: %s was trained with another config; not reused", folder)
+            return False
+        return True
+
+    final = ckpts / f"iter_{o.seg_pretrain_iters + o.n_iters + o.seg_finetune_iters:06d}"
+    if same(final, ignore_finetune=False):
+        return final, None
+    joint = ckpts / f"iter_{o.seg_pretrain_iters + o.n_iters:06d}"
+    if o.seg_finetune_iters > 0 and (joint / "training_state.pt").is_file() and same(joint, ignore_finetune=True):
+        logger.info("benchmark: resuming %s's fine-tuning from its joint-stage checkpoint %s", ckpts.parent, joint)
+        return None, joint
+    return None, None
 
 
 def _adda(cfg: BenchmarkConfig, source: dict, mr: list[dict] | dict, out: Path, supervised: bool = False,

@@ -20,6 +20,14 @@ def test_the_versioned_split_is_disjoint_complete_and_stable():
     assert test == ["chaos-t2-05", "chaos-t2-15", "chaos-t2-22", "chaos-t2-34", "chaos-t2-39"]  # fixed: never re-drawn
 
 
+def test_the_validation_split_holds_training_subjects_only():
+    """Settings are chosen on chaos_split_validation.json: the test subjects are in neither part."""
+    train, test, _ = Split(file=ROOT / "configs/benchmarks/chaos_split.json").subjects(CHAOS)
+    v_train, v_test, _ = Split(file=ROOT / "configs/benchmarks/chaos_split_validation.json").subjects(CHAOS)
+    assert not set(v_train) & set(v_test) and sorted(v_train + v_test) == sorted(train)
+    assert not set(v_train + v_test) & set(test)
+
+
 def test_k_folds_cover_every_subject_once():
     tests = [Split(folds=5, fold=f).subjects(CHAOS)[1] for f in range(5)]
     assert sorted(s for t in tests for s in t) == sorted(CHAOS)
@@ -37,7 +45,7 @@ def test_identical_maps_score_dice_1_and_hd95_0():
 
 
 @requires_data
-def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
+def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path, caplog):
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"version": 0, "train": ["chaos-t2-01"], "test": ["chaos-t2-02"]}))
     tiny_cg = ["network.ngf=4", "network.n_res_blocks=1", "network.ndf=4", "network.d_layers=2", "train.pool_size=2",
@@ -92,6 +100,24 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path):
         assert ((cut == raw) | (cut == 0)).all() and (cut > 0).sum() < (raw > 0).sum()
     for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):
         assert "chaos-t2-02" not in cfg_file.read_text(), cfg_file
+    # a rerun reuses a CycleGAN row's final checkpoint of the same config, resumes its fine-tuning
+    # from the joint-stage checkpoint when only seg_iters differs, and otherwise trains it again
+    import logging
+
+    from medgan.data.datalist import datalist_from_folder
+    from medgan.pipelines.benchmark.run import _cyclegan, by_subject, cyclegan_config, reusable_cyclegan
+
+    ct = datalist_from_folder(cfg.source.folder)
+    mr = [{"image": by_subject(cfg.target.folder)["chaos-t2-01"]["image"], "label": None}]
+    row = tmp_path / "b/cyclegan_shape"
+    ckpts = row / "checkpoints"
+    assert reusable_cyclegan(cyclegan_config(cfg, ct, mr, row, True)) == (ckpts / "iter_000004", None)
+    assert reusable_cyclegan(cyclegan_config(cfg.model_copy(update={"seg_iters": 3}), ct, mr, row, True)) == (None, ckpts / "iter_000002")
+    assert reusable_cyclegan(cyclegan_config(cfg.model_copy(update={"iters": 3}), ct, mr, row, True)) == (None, None)
+    assert reusable_cyclegan(cyclegan_config(cfg, ct, mr, row, False)) == (None, None)  # the plain row's config differs
+    with caplog.at_level(logging.INFO, logger="medgan.pipelines.benchmark.run"):
+        assert _cyclegan(cfg.model_copy(update={"seg_iters": 3}), ct, mr, row, True) == ckpts / "iter_000005"
+    assert "resuming" in caplog.text
 
 
 def test_train_all_split_needs_cross_protocol_sets_to_score_on():
