@@ -58,6 +58,21 @@ def by_subject(folder: Path) -> dict[str, dict]:
     return {strip_image_suffix(Path(e["image"])): e for e in datalist_from_folder(folder)}
 
 
+def _config_tree(text: str, ignore: tuple[str, ...] = ()) -> dict:
+    """A dumped config (YAML ``text``) as a tree without the dotted keys ``ignore``, to compare
+    what two runs were trained with."""
+    import yaml
+
+    tree = yaml.safe_load(text)
+    for key in ignore:
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return tree
+
+
 def _configured(schema: type, tree: dict, overrides: list[str]):  # noqa: ANN202
     for o in overrides:
         apply_override(tree, o)
@@ -101,32 +116,22 @@ def reusable_cyclegan(config) -> tuple[Path | None, Path | None]:  # noqa: ANN00
     exactly, so the row is the same as one trained from scratch). ``None`` where the folder has no
     such checkpoint; a checkpoint of any other config is not used (its row is trained again).
     Where a run was written (``train.output_dir``) is not part of the comparison."""
-    import yaml
-
     o = config.optim
     ckpts = Path(config.train.output_dir) / "checkpoints"
-    mine = yaml.safe_load(dump_config(config))
-    mine["train"].pop("output_dir", None)
 
-    def same(folder: Path, ignore_finetune: bool) -> bool:
+    def same(folder: Path, ignore: tuple[str, ...]) -> bool:
         if not (folder / "config.yaml").is_file() or not (folder / "weights.safetensors").is_file():
             return False
-        theirs = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-        theirs.get("train", {}).pop("output_dir", None)
-        ours = mine
-        if ignore_finetune:
-            theirs.get("optim", {}).pop("seg_finetune_iters", None)
-            ours = {**mine, "optim": {k: v for k, v in mine["optim"].items() if k != "seg_finetune_iters"}}
-        if theirs != ours:
+        if _config_tree((folder / "config.yaml").read_text(encoding="utf-8"), ignore) != _config_tree(dump_config(config), ignore):
             logger.info("benchmark: %s was trained with another config; not reused", folder)
             return False
         return True
 
     final = ckpts / f"iter_{o.seg_pretrain_iters + o.n_iters + o.seg_finetune_iters:06d}"
-    if same(final, ignore_finetune=False):
+    if same(final, ("train.output_dir",)):
         return final, None
     joint = ckpts / f"iter_{o.seg_pretrain_iters + o.n_iters:06d}"
-    if o.seg_finetune_iters > 0 and (joint / "training_state.pt").is_file() and same(joint, ignore_finetune=True):
+    if o.seg_finetune_iters > 0 and (joint / "training_state.pt").is_file() and same(joint, ("train.output_dir", "optim.seg_finetune_iters")):
         logger.info("benchmark: resuming %s's fine-tuning from its joint-stage checkpoint %s", ckpts.parent, joint)
         return None, joint
     return None, None
@@ -257,14 +262,12 @@ def rescore_cross_protocol(cfg: BenchmarkConfig) -> dict:
     Raises:
         ValueError: no results there, or the stored benchmark was run with another config.
     """
-    import yaml
-
     out = Path(cfg.output_dir)
     if not (out / "results.json").is_file():
         raise ValueError(f"{out}: no results.json: run the benchmark first")
-    stored = yaml.safe_load((out / "benchmark.yaml").read_text(encoding="utf-8"))
-    mine = yaml.safe_load(dump_config(cfg))
-    differ = sorted(k for k in set(stored) | set(mine) if k != "cross_protocol" and stored.get(k) != mine.get(k))
+    stored = _config_tree((out / "benchmark.yaml").read_text(encoding="utf-8"), ("cross_protocol",))
+    mine = _config_tree(dump_config(cfg), ("cross_protocol",))
+    differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
     if differ:
         raise ValueError(f"{out}: trained with another config (differs in {differ}); its models do not answer for this one")
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
