@@ -1,8 +1,9 @@
-"""The benchmark's self-training row alone, from a finished ``medgan benchmark`` run: pseudo-labels
-of its training MRs by its shape-consistent checkpoint, the segmenter trained on them, scored on
+"""A benchmark's self-training row alone (``--row self_training``, taught by the shape-consistent
+model, or ``self_training_plain``, by the plain one), from a finished ``medgan benchmark`` run:
+pseudo-labels of its training MRs by the teacher's checkpoint, the segmenter trained on them, scored on
 its test subjects with the benchmark's own code (``train_self_training``, ``_score``). Not a test.
 
-    .venv/bin/python benchmarks/chaos_self_training_row.py runs/benchmarks/chaos /tmp/st
+    .venv/bin/python benchmarks/chaos_self_training_row.py runs/benchmarks/chaos /tmp/st [--row self_training_plain]
 
 About 4 minutes on 2 CPU cores instead of the half hour of retraining the shape-consistent model.
 Prints Dice / HD95 (mm) per organ, mean ± std over the test subjects, and writes
@@ -20,6 +21,7 @@ import numpy as np
 
 from medgan.data.datalist import datalist_from_folder
 from medgan.io import atomic_write_text
+from medgan.pipelines.benchmark.config import SELF_TRAINING_TEACHER
 from medgan.pipelines.benchmark.run import _score, _stats, by_subject, load_run, row_segmenter, train_self_training
 
 
@@ -27,6 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="output_dir of a finished benchmark (results.json, benchmark.yaml)")
     ap.add_argument("output", type=Path, help="folder for the pseudo-labels and the new checkpoint")
+    ap.add_argument("--row", choices=sorted(SELF_TRAINING_TEACHER), default="self_training")
     args = ap.parse_args()
     cfg, results, test, mapper = load_run(args.run)
     cfg = cfg.model_copy(update={"output_dir": args.output})
@@ -34,9 +37,9 @@ def main() -> None:
     unlabelled = [{"image": target[s]["image"], "label": None} for s in results["split"]["train"]]
     t0 = time.perf_counter()
     ckpt = train_self_training(cfg, datalist_from_folder(cfg.source.folder), unlabelled,
-                               Path(results["checkpoints"]["cyclegan_shape"]), args.output, {})
+                               Path(results["checkpoints"][SELF_TRAINING_TEACHER[args.row]]), args.output, {}, args.row)
     seconds = round(time.perf_counter() - t0, 1)
-    per = _score(row_segmenter(cfg, "self_training", ckpt, {}), test, mapper, cfg.classes)
+    per = _score(row_segmenter(cfg, args.row, ckpt, {}), test, mapper, cfg.classes)
     dice = {c: _stats([p["dice"][c] for p in per]) for c in cfg.classes}
     hd = {c: _stats([p["hd95_mm"][c] for p in per]) for c in cfg.classes}
     for c in cfg.classes:

@@ -18,8 +18,12 @@ from pydantic import Field, model_validator
 from medgan.config import InputPath
 from medgan.pipelines.data_config import AugmentConfig, IntensityConfig, LabelConfig, PipelineConfig, _Strict
 
-Row = Literal["no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "self_training", "supervised"]
-ROWS: tuple[str, ...] = ("no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "self_training", "supervised")
+Row = Literal["no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "self_training", "self_training_plain",
+              "supervised"]
+ROWS: tuple[str, ...] = ("no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "self_training", "self_training_plain",
+                         "supervised")
+#: the self-training rows' teachers: the CycleGAN row whose S_MR pseudo-labels the training MRs
+SELF_TRAINING_TEACHER = {"self_training": "cyclegan_shape", "self_training_plain": "cyclegan_plain"}
 ROW_TITLES = {
     "no_adaptation": "no adaptation (S trained on CT)",
     "cyclegan_plain": "plain CycleGAN (S_MR on translated CT)",
@@ -27,6 +31,7 @@ ROW_TITLES = {
     "adda": "ADDA (Tzeng et al. 2017)",
     "cycada": "pixel + feature level (CyCADA-style)",
     "self_training": "shape-consistent + pseudo-label self-training",
+    "self_training_plain": "plain CycleGAN + pseudo-label self-training",
     "supervised": "supervised upper bound (training MR labels)",
 }
 

@@ -13,7 +13,8 @@ Rows (the same segmenter architecture, spacing and patch size in each):
   translated to MR by the shape-consistent CycleGAN;
 - **self-training**: the shape-consistent model's S_MR labels the (unlabelled) training MRs and
   the same segmenter is trained on those pseudo-labels (the self-training stage of SDC-UDA, CVPR
-  2023, and of FLARE CT -> MR entries; hard labels, no confidence filtering);
+  2023, and of FLARE CT -> MR entries; hard labels, no confidence filtering); **plain CycleGAN +
+  self-training** the same with the plain model's S_MR as the teacher;
 - **supervised upper bound**: the same segmenter trained on the training MRs' own labels.
 
 Unsupervised rows train on unlabelled training MRs (not even their crops are centred with the
@@ -42,7 +43,7 @@ from medgan.data.datalist import datalist_from_folder
 from medgan.data.labels import LabelMapper
 from medgan.io import atomic_write_text, read_label_map, read_volume, strip_image_suffix
 from medgan.metrics import dice_per_class, hd95_per_class
-from medgan.pipelines.benchmark.config import ROW_TITLES, BenchmarkConfig, Side
+from medgan.pipelines.benchmark.config import ROW_TITLES, SELF_TRAINING_TEACHER, BenchmarkConfig, Side
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def _sct_rows(ckpt: Path, test: list[dict], out: Path, real_ct: Path, translate_
 #: how each segmentation row's checkpoint segments a target scan: a CycleGAN's S_<target> (None)
 #: or the named encoder of an ADDA checkpoint
 ROW_ENCODER = {"no_adaptation": "source", "adda": "adapted", "cyclegan_plain": None, "cyclegan_shape": None,
-               "cycada": "adapted", "self_training": "oracle", "supervised": "oracle"}
+               "cycada": "adapted", "self_training": "oracle", "self_training_plain": "oracle", "supervised": "oracle"}
 
 
 def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path, loaded: dict):  # noqa: ANN201
@@ -206,25 +207,26 @@ def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path, loaded: dict
     return lambda v: model.segment_volume(v, encoder, largest_component=cfg.largest_component)
 
 
-def train_self_training(cfg: BenchmarkConfig, ct: list[dict], unlabelled: list[dict], shape_checkpoint: Path,
-                        out: Path, loaded: dict) -> Path:
-    """The self-training row: pseudo-labels of the training MRs (``unlabelled``; the test subjects
-    never get one) by the shape-consistent model's S_MR, then the supervised ADDA segmenter on
-    them; returns its checkpoint (``out/self_training``)."""
+def train_self_training(cfg: BenchmarkConfig, ct: list[dict], unlabelled: list[dict], teacher_checkpoint: Path,
+                        out: Path, loaded: dict, row: str = "self_training") -> Path:
+    """A self-training row (:data:`SELF_TRAINING_TEACHER`): pseudo-labels of the training MRs
+    (``unlabelled``; the test subjects never get one) by the teacher CycleGAN's S_MR
+    (``teacher_checkpoint``), then the supervised ADDA segmenter on them; returns its checkpoint
+    (``out/<row>``, the pseudo-labels in ``out/<row>/pseudo``)."""
     from medgan.io import write_nifti
 
     # S_MR's labels as predicted: pseudo-labels cut to each organ's largest component taught worse
     # (CHAOS benchmark, benchmarks/README.md: 0.225 against 0.412 mean Dice, both scored with it)
-    segment = row_segmenter(cfg.model_copy(update={"largest_component": False}), "cyclegan_shape", shape_checkpoint, loaded)
+    segment = row_segmenter(cfg.model_copy(update={"largest_component": False}), SELF_TRAINING_TEACHER[row], teacher_checkpoint, loaded)
     pseudo = []
     for e in unlabelled:
         vol = read_volume(e["image"])
-        path = out / "self_training/pseudo" / f"{strip_image_suffix(Path(e['image']))}_pseudo.nii.gz"
+        path = out / row / "pseudo" / f"{strip_image_suffix(Path(e['image']))}_pseudo.nii.gz"
         write_nifti(path, segment(vol), vol.affine, dtype=np.uint8)
         pseudo.append({"image": e["image"], "label": str(path)})
     # the pseudo-label maps hold class indices 1..K in the order of cfg.classes
     side = {**_side(cfg.target, pseudo), "labels": {"ids": {c: [i] for i, c in enumerate(cfg.classes, start=1)}}}
-    return _adda(cfg, _side(cfg.source, ct), side, out / "self_training", supervised=True, target_side=True)
+    return _adda(cfg, _side(cfg.source, ct), side, out / row, supervised=True, target_side=True)
 
 
 def score_cross_protocol(cfg: BenchmarkConfig, results: dict, loaded: dict | None = None) -> dict:
@@ -359,7 +361,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                     scored(row, ck)
         timed("no_adaptation + adda", adda_rows)
     for row, shape in (("cyclegan_plain", False), ("cyclegan_shape", True)):
-        if row in rows or (shape and ("cycada" in rows or "self_training" in rows or cfg.histmatch_baseline)):
+        needed_by = [r for r, teacher in SELF_TRAINING_TEACHER.items() if teacher == row] + (["cycada"] if shape else [])
+        if row in rows or any(r in rows for r in needed_by) or (shape and cfg.histmatch_baseline):
             def cg(row: str = row, shape: bool = shape) -> None:
                 ckpts[row] = _cyclegan(cfg, ct, unlabelled, out / row, shape)
                 scored(row, ckpts[row])
@@ -379,10 +382,11 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             source = {**_side(cfg.source, files, name=f"s{cfg.target.name}"), "intensity": cfg.target.intensity.model_dump(mode="json")}
             scored("cycada", _adda(cfg, source, unlabelled, out / "cycada/adda"))
         timed("cycada", cycada)
-    if "self_training" in rows:
-        def self_training() -> None:
-            scored("self_training", train_self_training(cfg, ct, unlabelled, Path(ckpts["cyclegan_shape"]), out, loaded))
-        timed("self_training", self_training)
+    for row, teacher in SELF_TRAINING_TEACHER.items():
+        if row in rows:
+            def self_training(row: str = row, teacher: str = teacher) -> None:
+                scored(row, train_self_training(cfg, ct, unlabelled, Path(ckpts[teacher]), out, loaded, row))
+            timed(row, self_training)
     if "supervised" in rows:
         def supervised() -> None:
             scored("supervised", _adda(cfg, _side(cfg.source, ct), labelled, out / "supervised", supervised=True))

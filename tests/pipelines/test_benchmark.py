@@ -84,7 +84,9 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path, 
     for row in ("cyclegan_plain", "cyclegan_shape"):
         assert sorted(p.name for p in (tmp_path / "b" / row / "checkpoints").iterdir()) == ["iter_000002", "iter_000004"]
     # pseudo-labels only for the training MR; the test subject entered no training step
-    assert [p.name for p in (tmp_path / "b/self_training/pseudo").iterdir()] == ["chaos-t2-01_pseudo.nii.gz"]
+    for row in ("self_training", "self_training_plain"):
+        assert [p.name for p in (tmp_path / "b" / row / "pseudo").iterdir()] == ["chaos-t2-01_pseudo.nii.gz"]
+    assert "plain CycleGAN + pseudo-label self-training" in md
     # chaos.yaml scores each organ's largest connected component; the pseudo-labels stay as S_MR predicts them
     assert cfg.largest_component
     from medgan.io import read_volume
@@ -96,6 +98,11 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path, 
     raw, cut = (row_segmenter(cfg.model_copy(update={"largest_component": on}), "cyclegan_shape", shape_ckpt, {})(train_mr)
                 for on in (False, True))
     assert np.array_equal(pseudo, raw)
+    # each self-training row is taught by its own CycleGAN row: the plain one by the plain S_MR
+    plain_raw = row_segmenter(cfg.model_copy(update={"largest_component": False}), "cyclegan_plain",
+                              res["checkpoints"]["cyclegan_plain"], {})(train_mr)
+    assert np.array_equal(read_volume(tmp_path / "b/self_training_plain/pseudo/chaos-t2-01_pseudo.nii.gz").array, plain_raw)
+    assert not np.array_equal(plain_raw, raw)  # (the two teachers do disagree: the check above can tell them apart)
     if not np.array_equal(raw, cut):  # the scored map keeps fewer voxels, never others
         assert ((cut == raw) | (cut == 0)).all() and (cut > 0).sum() < (raw > 0).sum()
     for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):
