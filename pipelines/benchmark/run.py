@@ -207,26 +207,27 @@ def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path, loaded: dict
     return lambda v: model.segment_volume(v, encoder, largest_component=cfg.largest_component)
 
 
-def train_self_training(cfg: BenchmarkConfig, ct: list[dict], unlabelled: list[dict], teacher_checkpoint: Path,
-                        out: Path, loaded: dict, row: str = "self_training") -> Path:
-    """A self-training row (:data:`SELF_TRAINING_TEACHER`): pseudo-labels of the training MRs
-    (``unlabelled``; the test subjects never get one) by the teacher CycleGAN's S_MR
-    (``teacher_checkpoint``), then the supervised ADDA segmenter on them; returns its checkpoint
-    (``out/<row>``, the pseudo-labels in ``out/<row>/pseudo``)."""
+def train_self_training(cfg: BenchmarkConfig, ct: list[dict], unlabelled: list[dict], teacher: str, teacher_checkpoint: Path,
+                        out: Path, loaded: dict) -> Path:
+    """Self-training: pseudo-labels of the training MRs (``unlabelled``; the test subjects never get
+    one) by the segmenter of row ``teacher`` (:data:`ROW_ENCODER`) in ``teacher_checkpoint``, then
+    the supervised ADDA segmenter on them; returns its checkpoint (in ``out``, the pseudo-labels in
+    ``out/pseudo``). The benchmark's rows are taught by a CycleGAN row (:data:`SELF_TRAINING_TEACHER`);
+    a self-training row can teach a further round (``benchmarks/chaos_self_training_row.py``)."""
     from medgan.io import write_nifti
 
-    # S_MR's labels as predicted: pseudo-labels cut to each organ's largest component taught worse
-    # (CHAOS benchmark, benchmarks/README.md: 0.225 against 0.412 mean Dice, both scored with it)
-    segment = row_segmenter(cfg.model_copy(update={"largest_component": False}), SELF_TRAINING_TEACHER[row], teacher_checkpoint, loaded)
+    # the teacher's labels as predicted: pseudo-labels cut to each organ's largest component taught
+    # worse (CHAOS benchmark, benchmarks/README.md: 0.225 against 0.412 mean Dice, both scored with it)
+    segment = row_segmenter(cfg.model_copy(update={"largest_component": False}), teacher, teacher_checkpoint, loaded)
     pseudo = []
     for e in unlabelled:
         vol = read_volume(e["image"])
-        path = out / row / "pseudo" / f"{strip_image_suffix(Path(e['image']))}_pseudo.nii.gz"
+        path = out / "pseudo" / f"{strip_image_suffix(Path(e['image']))}_pseudo.nii.gz"
         write_nifti(path, segment(vol), vol.affine, dtype=np.uint8)
         pseudo.append({"image": e["image"], "label": str(path)})
     # the pseudo-label maps hold class indices 1..K in the order of cfg.classes
     side = {**_side(cfg.target, pseudo), "labels": {"ids": {c: [i] for i, c in enumerate(cfg.classes, start=1)}}}
-    return _adda(cfg, _side(cfg.source, ct), side, out / row, supervised=True, target_side=True)
+    return _adda(cfg, _side(cfg.source, ct), side, out, supervised=True, target_side=True)
 
 
 def score_cross_protocol(cfg: BenchmarkConfig, results: dict, loaded: dict | None = None) -> dict:
@@ -385,7 +386,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     for row, teacher in SELF_TRAINING_TEACHER.items():
         if row in rows:
             def self_training(row: str = row, teacher: str = teacher) -> None:
-                scored(row, train_self_training(cfg, ct, unlabelled, Path(ckpts[teacher]), out, loaded, row))
+                scored(row, train_self_training(cfg, ct, unlabelled, teacher, Path(ckpts[teacher]), out / row, loaded))
             timed(row, self_training)
     if "supervised" in rows:
         def supervised() -> None:
