@@ -36,7 +36,8 @@ def torchrun(config, out, *overrides, n=2):  # noqa: ANN001
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), str(WORKER), str(config), str(out), *overrides]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # on failure: the first lines of stderr too (a rank's own traceback comes before torchrun's summary)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[:6000] + "\n[...]\n" + res.stderr[-3000:]
     return json.loads((out / "ddp_report.json").read_text())
 
 
