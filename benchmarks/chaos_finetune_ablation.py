@@ -34,17 +34,27 @@ from medgan.pipelines.benchmark.run import _score, _stats, load_run, row_segment
 from medgan.pipelines.cyclegan.translate import Translator
 
 
-def translated_ct_dice(cfg, checkpoint: Path) -> list[dict]:  # noqa: ANN001 - BenchmarkConfig
-    """Dice per organ of S_<target>(G_<source>2<target>(CT)) against each labelled CT's labels,
-    post-processed as the benchmark scores (``largest_component``)."""
-    tr, mapper = Translator(checkpoint, cfg.device), cfg.source.labels.mapper(cfg.classes)
-    scores = []
+def labelled_cts(cfg) -> list[tuple]:  # noqa: ANN001 - BenchmarkConfig
+    """``(volume, class-index labels)`` of each labelled source CT, read once for every checkpoint."""
+    mapper, cts = cfg.source.labels.mapper(cfg.classes), []
     for e in (e for e in datalist_from_folder(cfg.source.folder) if e["label"]):
         vol = read_volume(e["image"])
         raw = read_label_map(e["label"], vol)
-        seg = tr.translate_volume(vol, f"{cfg.source.name}2{cfg.target.name}", segment=True).labels
+        cts.append((vol, mapper(raw.array, raw.path)))
+    return cts
+
+
+def translated_ct_dice(cfg, checkpoint: Path, cts: list[tuple], loaded: dict) -> list[dict]:  # noqa: ANN001 - BenchmarkConfig
+    """Dice per organ of S_<target>(G_<source>2<target>(CT)) against each labelled CT's labels
+    (``cts``: :func:`labelled_cts`), post-processed as the benchmark scores (``largest_component``);
+    ``loaded``: the checkpoints already loaded (:func:`row_segmenter`'s cache)."""
+    if checkpoint not in loaded:
+        loaded[checkpoint] = Translator(checkpoint, cfg.device)
+    scores = []
+    for vol, truth in cts:
+        seg = loaded[checkpoint].translate_volume(vol, f"{cfg.source.name}2{cfg.target.name}", segment=True).labels
         seg = keep_largest_components(seg, len(cfg.classes)) if cfg.largest_component else seg
-        scores.append(dice_per_class(seg, mapper(raw.array, raw.path), cfg.classes))
+        scores.append(dice_per_class(seg, truth, cfg.classes))
     return scores
 
 
@@ -53,7 +63,7 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="output_dir of a finished benchmark (results.json, benchmark.yaml)")
     args = ap.parse_args()
     cfg, results, test, mapper = load_run(args.run)
-    loaded, made = {}, {}
+    loaded, made, cts = {}, {}, labelled_cts(cfg)
     lines = ["| row | stage | " + " | ".join(cfg.classes) + " | mean Dice | on G_CT2MR(CT): mean Dice |",
              "|---" * (len(cfg.classes) + 4) + "|"]
     for row in ("cyclegan_plain", "cyclegan_shape"):
@@ -64,8 +74,8 @@ def main() -> None:
         if not joint.is_dir():
             raise SystemExit(f"{joint}: no checkpoint at the end of the joint iterations (a run without fine-tuning?)")
         made[row] = {"joint only": {"test_mr": _score(row_segmenter(cfg, row, joint, loaded), test, mapper, cfg.classes),
-                                    "translated_ct": translated_ct_dice(cfg, joint)},
-                     "joint + fine-tuning": {"test_mr": results["segmentation"][row], "translated_ct": translated_ct_dice(cfg, final)}}
+                                    "translated_ct": translated_ct_dice(cfg, joint, cts, loaded)},
+                     "joint + fine-tuning": {"test_mr": results["segmentation"][row], "translated_ct": translated_ct_dice(cfg, final, cts, loaded)}}
         for stage, per in made[row].items():
             stats = [_stats([p["dice"][c] for p in per["test_mr"]]) for c in cfg.classes]
             fake = np.mean([np.nanmean([d[c] for d in per["translated_ct"]]) for c in cfg.classes])

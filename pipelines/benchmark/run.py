@@ -120,10 +120,12 @@ def reusable_cyclegan(config) -> tuple[Path | None, Path | None]:  # noqa: ANN00
     o = config.optim
     ckpts = Path(config.train.output_dir) / "checkpoints"
 
+    mine = dump_config(config)
+
     def same(folder: Path, ignore: tuple[str, ...]) -> bool:
         if not (folder / "config.yaml").is_file() or not (folder / "weights.safetensors").is_file():
             return False
-        if _config_tree((folder / "config.yaml").read_text(encoding="utf-8"), ignore) != _config_tree(dump_config(config), ignore):
+        if _config_tree((folder / "config.yaml").read_text(encoding="utf-8"), ignore) != _config_tree(mine, ignore):
             logger.info("benchmark: %s was trained with another config; not reused", folder)
             return False
         return True
