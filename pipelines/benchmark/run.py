@@ -43,7 +43,7 @@ from medgan.data.datalist import datalist_from_folder
 from medgan.data.labels import LabelMapper
 from medgan.io import atomic_write_text, read_label_map, read_volume, strip_image_suffix
 from medgan.metrics import dice_per_class, hd95_per_class
-from medgan.pipelines.benchmark.config import ROW_TITLES, SELF_TRAINING_TEACHER, BenchmarkConfig, Side
+from medgan.pipelines.benchmark.config import PSEUDO_LABELLED_CYCLEGAN, ROW_TITLES, SELF_TRAINING_TEACHER, BenchmarkConfig, Side
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,12 @@ def _side(side: Side, files: list[dict], name: str | None = None) -> dict:
     return {"name": name or side.name, "intensity": side.intensity.model_dump(mode="json"),
             "labels": side.labels.model_dump(mode="json"), "data": {"files": files},
             "augment": side.augment.model_dump(mode="json")}
+
+
+def _pseudo_side(cfg: BenchmarkConfig, pseudo: list[dict]) -> dict:
+    """The target side of a training on pseudo-label maps, which hold class indices 1..K in the
+    order of ``cfg.classes`` (:func:`pseudo_labels`)."""
+    return {**_side(cfg.target, pseudo), "labels": {"ids": {c: [i] for i, c in enumerate(cfg.classes, start=1)}}}
 
 
 def by_subject(folder: Path) -> dict[str, dict]:
@@ -85,11 +91,13 @@ def _train_block(cfg: BenchmarkConfig, out: Path) -> dict:
             "device": cfg.device, "output_dir": str(out), "checkpoint_every": 10**9, "segmenter_patches": cfg.segmenter_patches}
 
 
-def cyclegan_config(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: Path, shape: bool):  # noqa: ANN201
-    """The CycleGANConfig of a CycleGAN row (``shape``: the shape-consistent one) written to ``out``."""
+def cyclegan_config(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict] | dict, out: Path, shape: bool):  # noqa: ANN201
+    """The CycleGANConfig of a CycleGAN row (``shape``: the shape-consistent one) written to ``out``;
+    ``mr``: datalist entries of the training MRs, or a whole target side (e.g. :func:`_pseudo_side`)."""
     from medgan.pipelines.cyclegan.config import CycleGANConfig
 
-    tree = {"classes": cfg.classes, "domain_a": _side(cfg.source, ct), "domain_b": _side(cfg.target, mr),
+    target = mr if isinstance(mr, dict) else _side(cfg.target, mr)
+    tree = {"classes": cfg.classes, "domain_a": _side(cfg.source, ct), "domain_b": target,
             "network": {"seg_features": list(cfg.seg_features)},
             "loss": {"lambda_shape": 1.0 if shape else 0.0, "lambda_seg_fake": 1.0},
             "optim": {"n_iters": cfg.iters, "seg_finetune_iters": cfg.seg_iters, "seg_lr": cfg.seg_lr},
@@ -97,7 +105,7 @@ def cyclegan_config(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: P
     return _configured(CycleGANConfig, tree, cfg.cyclegan)
 
 
-def _cyclegan(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict], out: Path, shape: bool) -> Path:
+def _cyclegan(cfg: BenchmarkConfig, ct: list[dict], mr: list[dict] | dict, out: Path, shape: bool) -> Path:
     """Train a CycleGAN row (or reuse what ``out`` holds of it: :func:`reusable_cyclegan`)."""
     from medgan.pipelines.cyclegan.trainer import train
 
@@ -190,7 +198,8 @@ def _sct_rows(ckpt: Path, test: list[dict], out: Path, real_ct: Path, translate_
 #: how each segmentation row's checkpoint segments a target scan: a CycleGAN's S_<target> (None)
 #: or the named encoder of an ADDA checkpoint
 ROW_ENCODER = {"no_adaptation": "source", "adda": "adapted", "cyclegan_plain": None, "cyclegan_shape": None,
-               "cycada": "adapted", "self_training": "oracle", "self_training_plain": "oracle", "supervised": "oracle"}
+               "cycada": "adapted", "self_training": "oracle", "self_training_plain": "oracle", "cyclegan_shape_pseudo": None,
+               "supervised": "oracle"}
 
 
 def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path, loaded: dict):  # noqa: ANN201
@@ -209,13 +218,11 @@ def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path, loaded: dict
     return lambda v: model.segment_volume(v, encoder, largest_component=cfg.largest_component)
 
 
-def train_self_training(cfg: BenchmarkConfig, ct: list[dict], unlabelled: list[dict], teacher: str, teacher_checkpoint: Path,
-                        out: Path, loaded: dict) -> Path:
-    """Self-training: pseudo-labels of the training MRs (``unlabelled``; the test subjects never get
-    one) by the segmenter of row ``teacher`` (:data:`ROW_ENCODER`) in ``teacher_checkpoint``, then
-    the supervised ADDA segmenter on them; returns its checkpoint (in ``out``, the pseudo-labels in
-    ``out/pseudo``). The benchmark's rows are taught by a CycleGAN row (:data:`SELF_TRAINING_TEACHER`);
-    a self-training row can teach a further round (``benchmarks/chaos_self_training_row.py``)."""
+def pseudo_labels(cfg: BenchmarkConfig, unlabelled: list[dict], teacher: str, teacher_checkpoint: Path, out: Path,
+                  loaded: dict) -> list[dict]:
+    """Pseudo-labels of the training MRs (``unlabelled``; the test subjects never get one) by the
+    segmenter of row ``teacher`` (:data:`ROW_ENCODER`) in ``teacher_checkpoint``, written to
+    ``out/pseudo/{subject}_pseudo.nii.gz`` on each MR's grid; returns their datalist entries."""
     from medgan.io import write_nifti
 
     # the teacher's labels as predicted: pseudo-labels cut to each organ's largest component taught
@@ -227,9 +234,28 @@ def train_self_training(cfg: BenchmarkConfig, ct: list[dict], unlabelled: list[d
         path = out / "pseudo" / f"{strip_image_suffix(Path(e['image']))}_pseudo.nii.gz"
         write_nifti(path, segment(vol), vol.affine, dtype=np.uint8)
         pseudo.append({"image": e["image"], "label": str(path)})
-    # the pseudo-label maps hold class indices 1..K in the order of cfg.classes
-    side = {**_side(cfg.target, pseudo), "labels": {"ids": {c: [i] for i, c in enumerate(cfg.classes, start=1)}}}
-    return _adda(cfg, _side(cfg.source, ct), side, out, supervised=True, target_side=True)
+    return pseudo
+
+
+def train_self_training(cfg: BenchmarkConfig, ct: list[dict], unlabelled: list[dict], teacher: str, teacher_checkpoint: Path,
+                        out: Path, loaded: dict) -> Path:
+    """Self-training: :func:`pseudo_labels` of the training MRs by row ``teacher``, then the
+    supervised ADDA segmenter on them; returns its checkpoint (in ``out``, the pseudo-labels in
+    ``out/pseudo``). The benchmark's rows are taught by a CycleGAN row (:data:`SELF_TRAINING_TEACHER`);
+    a self-training row can teach a further round (``benchmarks/chaos_self_training_row.py``)."""
+    pseudo = pseudo_labels(cfg, unlabelled, teacher, teacher_checkpoint, out, loaded)
+    return _adda(cfg, _side(cfg.source, ct), _pseudo_side(cfg, pseudo), out, supervised=True, target_side=True)
+
+
+def train_pseudo_labelled_cyclegan(cfg: BenchmarkConfig, ct: list[dict], unlabelled: list[dict], teacher: str,
+                                   teacher_checkpoint: Path, out: Path, loaded: dict) -> Path:
+    """A shape-consistent CycleGAN (Zhang et al. 2018, Eq. 4) whose training MRs carry
+    :func:`pseudo_labels` by row ``teacher``: the MR -> CT shape term ``L_seg(S_CT(G_MR2CT(x_MR)), y_MR)``
+    and S_MR's real-MR term then have labels too, so S_MR, which the CT -> MR shape term trains
+    G_CT2MR through, learns real MR anatomy and not only translated CT (the self-training of
+    SDC-UDA, CVPR 2023, joined to the translation). Returns its checkpoint (in ``out``)."""
+    pseudo = pseudo_labels(cfg, unlabelled, teacher, teacher_checkpoint, out, loaded)
+    return _cyclegan(cfg, ct, _pseudo_side(cfg, pseudo), out, shape=True)
 
 
 def score_cross_protocol(cfg: BenchmarkConfig, results: dict, loaded: dict | None = None) -> dict:
@@ -363,8 +389,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                 if row in rows:
                     scored(row, ck)
         timed("no_adaptation + adda", adda_rows)
+    teachers = {**SELF_TRAINING_TEACHER, **PSEUDO_LABELLED_CYCLEGAN}
     for row, shape in (("cyclegan_plain", False), ("cyclegan_shape", True)):
-        needed_by = [r for r, teacher in SELF_TRAINING_TEACHER.items() if teacher == row] + (["cycada"] if shape else [])
+        needed_by = [r for r, teacher in teachers.items() if teacher == row] + (["cycada"] if shape else [])
         if row in rows or any(r in rows for r in needed_by) or (shape and cfg.histmatch_baseline):
             def cg(row: str = row, shape: bool = shape) -> None:
                 ckpts[row] = _cyclegan(cfg, ct, unlabelled, out / row, shape)
@@ -390,6 +417,14 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             def self_training(row: str = row, teacher: str = teacher) -> None:
                 scored(row, train_self_training(cfg, ct, unlabelled, teacher, Path(ckpts[teacher]), out / row, loaded))
             timed(row, self_training)
+    for row, teacher in PSEUDO_LABELLED_CYCLEGAN.items():
+        if row in rows:
+            def pseudo_cyclegan(row: str = row, teacher: str = teacher) -> None:
+                ckpts[row] = train_pseudo_labelled_cyclegan(cfg, ct, unlabelled, teacher, Path(ckpts[teacher]), out / row, loaded)
+                scored(row, ckpts[row])
+                if test:
+                    results["sct"][row] = _sct_rows(ckpts[row], test, out / row, cfg.source.folder, translate_with=ckpts[row])
+            timed(row, pseudo_cyclegan)
     if "supervised" in rows:
         def supervised() -> None:
             scored("supervised", _adda(cfg, _side(cfg.source, ct), labelled, out / "supervised", supervised=True))

@@ -44,15 +44,20 @@ def test_identical_maps_score_dice_1_and_hd95_0():
     assert hd95_per_class(lab, lab, ["a", "b"], (1.25, 1.25, 7.7)) == {"a": 0.0, "b": 0.0}
 
 
-@requires_data
-def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path, caplog):
+def tiny_config(tmp_path, *overrides) -> BenchmarkConfig:  # noqa: ANN001
+    """chaos.yaml with tiny networks and iterations: training subject chaos-t2-01, test chaos-t2-02."""
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"version": 0, "train": ["chaos-t2-01"], "test": ["chaos-t2-02"]}))
     tiny_cg = ["network.ngf=4", "network.n_res_blocks=1", "network.ndf=4", "network.d_layers=2", "train.pool_size=2",
                "inference.sw_batch_size=4", "inference.overlap=0"]
-    cfg = load_config(BenchmarkConfig, ROOT / "configs/benchmarks/chaos.yaml", [
+    return load_config(BenchmarkConfig, ROOT / "configs/benchmarks/chaos.yaml", [
         f"split.file={split}", "iters=2", "seg_iters=2", "patch_size=[32,32,32]", "seg_features=[4,4,4,8,8,4]", f"output_dir={tmp_path / 'b'}",
-        f"cyclegan={tiny_cg}", "adda=[network.disc_channels=4, inference.sw_batch_size=4, inference.overlap=0]", "device=cpu"])
+        f"cyclegan={tiny_cg}", "adda=[network.disc_channels=4, inference.sw_batch_size=4, inference.overlap=0]", "device=cpu", *overrides])
+
+
+@requires_data
+def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path, caplog):
+    cfg = tiny_config(tmp_path)
     assert cfg.target.folder == DATA_DIR.resolve() / "abdomen/mr-chaos"
     from medgan.pipelines.benchmark.run import run_benchmark
 
@@ -165,3 +170,33 @@ def test_tiny_reverse_benchmark_trains_on_the_other_protocol_and_scores_chaos(tm
         from medgan.pipelines.benchmark.run import score_cross_protocol
 
         score_cross_protocol(cfg.model_copy(update={"cross_protocol": [one.model_copy(update={"subjects": ["chaos-t2-99"]})]}), res)
+
+
+@requires_data
+def test_the_pseudo_labelled_shape_cyclegan_row_learns_from_training_mr_pseudo_labels_only(tmp_path):
+    """cyclegan_shape_pseudo (opt-in): the plain S_MR labels the training MR; the shape-consistent
+    CycleGAN then trains with those labels on the MR side (both shape terms, S_MR on real MR)."""
+    import csv
+
+    from medgan.io import read_volume
+    from medgan.pipelines.benchmark.run import row_segmenter, run_benchmark
+
+    cfg = tiny_config(tmp_path, "rows=[cyclegan_plain, cyclegan_shape_pseudo]", "histmatch_baseline=false", "cross_protocol=[]")
+    assert "cyclegan_shape_pseudo" not in ROWS  # opt-in: a whole CycleGAN training more
+    res = run_benchmark(cfg)
+    assert set(res["segmentation"]) == set(res["sct"]) == {"cyclegan_plain", "cyclegan_shape_pseudo"}
+    row = tmp_path / "b/cyclegan_shape_pseudo"
+    assert [p.name for p in (row / "pseudo").iterdir()] == ["chaos-t2-01_pseudo.nii.gz"]
+    train_mr = read_volume(DATA_DIR / "abdomen/mr-chaos/chaos-t2-01.nii.gz")
+    plain_raw = row_segmenter(cfg.model_copy(update={"largest_component": False}), "cyclegan_plain",
+                              res["checkpoints"]["cyclegan_plain"], {})(train_mr)
+    assert np.array_equal(read_volume(row / "pseudo/chaos-t2-01_pseudo.nii.gz").array, plain_raw)
+    config = (row / "config.yaml").read_text()
+    assert "chaos-t2-01_pseudo.nii.gz" in config and "chaos-t2-02" not in config
+    # the MR side has labels now: the MR -> CT shape term and S_MR's real-MR term are in the loss log
+    with open(row / "losses.csv") as f:
+        columns = next(csv.reader(f))
+    assert {"shape_CT2MR", "shape_MR2CT", "S_MR_real"} <= set(columns), columns
+    with open(tmp_path / "b/cyclegan_plain/losses.csv") as f:
+        assert "S_MR_real" not in next(csv.reader(f))  # (without pseudo-labels it has none: the check can fail)
+    assert "shape-consistent CycleGAN on pseudo-labelled MR" in (tmp_path / "b/table.md").read_text()
