@@ -73,10 +73,7 @@ def _train(config: Path, overrides: list[str] | None, resume: Path | None, pipel
         _fail(err)
     if trainer.dist.is_main:
         out.print(f"checkpoint: {ckpt}")
-    if trainer.dist.enabled:
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
+    trainer.close()
 
 
 @app.command()

@@ -10,7 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -42,7 +41,7 @@ def main() -> None:
     tr.fit()
     if tr.dist.is_main:
         (Path(out) / "ddp_report.json").write_text(json.dumps(report))
-    torch.distributed.destroy_process_group()
+    tr.close()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def _free_port() -> int:
 
 
 def torchrun(config, out, *overrides, n=2):  # noqa: ANN001
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # PYTHONFAULTHANDLER: a rank that aborts (SIGABRT) prints every thread's Python stack first
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), str(WORKER), str(config), str(out), *overrides]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
