@@ -382,6 +382,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         if test:
             results["segmentation"][row] = _score(row_segmenter(cfg, row, Path(checkpoint), loaded), test, mapper, cfg.classes)
 
+    def cyclegan_scored(row: str, checkpoint: Path) -> None:  # S_MR on the test MRs, and their synthetic CT by G_MR2CT
+        ckpts[row] = checkpoint
+        scored(row, checkpoint)
+        if test:
+            results["sct"][row] = _sct_rows(checkpoint, test, out / row, cfg.source.folder, translate_with=checkpoint)
+
     if "no_adaptation" in rows or "adda" in rows:
         def adda_rows() -> None:
             ck = _adda(cfg, _side(cfg.source, ct), unlabelled, out / "adda")
@@ -394,10 +400,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         needed_by = [r for r, teacher in teachers.items() if teacher == row] + (["cycada"] if shape else [])
         if row in rows or any(r in rows for r in needed_by) or (shape and cfg.histmatch_baseline):
             def cg(row: str = row, shape: bool = shape) -> None:
-                ckpts[row] = _cyclegan(cfg, ct, unlabelled, out / row, shape)
-                scored(row, ckpts[row])
-                if test:
-                    results["sct"][row] = _sct_rows(ckpts[row], test, out / row, cfg.source.folder, translate_with=ckpts[row])
+                cyclegan_scored(row, _cyclegan(cfg, ct, unlabelled, out / row, shape))
             timed(row, cg)
     if "cycada" in rows:
         def cycada() -> None:
@@ -420,10 +423,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     for row, teacher in PSEUDO_LABELLED_CYCLEGAN.items():
         if row in rows:
             def pseudo_cyclegan(row: str = row, teacher: str = teacher) -> None:
-                ckpts[row] = train_pseudo_labelled_cyclegan(cfg, ct, unlabelled, teacher, Path(ckpts[teacher]), out / row, loaded)
-                scored(row, ckpts[row])
-                if test:
-                    results["sct"][row] = _sct_rows(ckpts[row], test, out / row, cfg.source.folder, translate_with=ckpts[row])
+                cyclegan_scored(row, train_pseudo_labelled_cyclegan(cfg, ct, unlabelled, teacher, Path(ckpts[teacher]), out / row, loaded))
             timed(row, pseudo_cyclegan)
     if "supervised" in rows:
         def supervised() -> None:
