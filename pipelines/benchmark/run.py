@@ -15,6 +15,9 @@ Rows (the same segmenter architecture, spacing and patch size in each):
   the same segmenter is trained on those pseudo-labels (the self-training stage of SDC-UDA, CVPR
   2023, and of FLARE CT -> MR entries; hard labels, no confidence filtering); **plain CycleGAN +
   self-training** the same with the plain model's S_MR as the teacher;
+- **shape-consistent CycleGAN on pseudo-labelled MR** (opt-in, ``cyclegan_shape_pseudo``): the
+  plain model's pseudo-labels on the training MRs, and a shape-consistent CycleGAN trained with
+  them, so its S_MR learns real MR and both shape terms have labels;
 - **supervised upper bound**: the same segmenter trained on the training MRs' own labels.
 
 Unsupervised rows train on unlabelled training MRs (not even their crops are centred with the
