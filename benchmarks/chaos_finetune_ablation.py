@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medgan.data.datalist import datalist_from_folder
 from medgan.data.labels import keep_largest_components
 from medgan.io import read_label_map, read_volume
 from medgan.metrics import dice_per_class
@@ -37,7 +36,7 @@ from medgan.pipelines.cyclegan.translate import Translator
 def labelled_cts(cfg) -> list[tuple]:  # noqa: ANN001 - BenchmarkConfig
     """``(volume, class-index labels)`` of each labelled source CT, read once for every checkpoint."""
     mapper, cts = cfg.source.labels.mapper(cfg.classes), []
-    for e in (e for e in datalist_from_folder(cfg.source.folder) if e["label"]):
+    for e in (e for e in cfg.source.datalist() if e["label"]):
         vol = read_volume(e["image"])
         raw = read_label_map(e["label"], vol)
         cts.append((vol, mapper(raw.array, raw.path)))

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medgan.data.datalist import datalist_from_folder
 from medgan.io import atomic_write_text
 from medgan.pipelines.benchmark.run import ROW_ENCODER, _score, _stats, by_subject, load_run, row_segmenter, train_self_training
 
@@ -39,7 +38,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.teacher not in results["checkpoints"]:
         raise SystemExit(f"{args.run}: no {args.teacher} row in this run")
-    ckpt = train_self_training(cfg, datalist_from_folder(cfg.source.folder), unlabelled, args.teacher,
+    ckpt = train_self_training(cfg, cfg.source.datalist(), unlabelled, args.teacher,
                                Path(results["checkpoints"][args.teacher]), args.output, {})
     seconds = round(time.perf_counter() - t0, 1)
     per = _score(row_segmenter(cfg, "self_training", ckpt, {}), test, mapper, cfg.classes)

@@ -16,3 +16,8 @@ class Keys(str, Enum):
 
     def __str__(self) -> str:  # so f"{Keys.IMAGE}" == "image"
         return self.value
+
+
+#: label value of a voxel whose class is unknown (outside the field of view of a partial label map,
+#: :func:`medgan.io.readers.place_label_map`): the segmentation losses ignore it
+UNLABELLED = -1

@@ -46,7 +46,7 @@ def save_orthogonal_slices(
             ax = axes[r][c]
             ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspects[c], interpolation="nearest")
             if ls is not None and ls.max() > 0:
-                ax.imshow(np.ma.masked_where(ls == 0, ls), cmap="tab20", alpha=0.4, origin="lower",
+                ax.imshow(np.ma.masked_where(ls <= 0, ls), cmap="tab20", alpha=0.4, origin="lower",
                           aspect=aspects[c], interpolation="nearest", vmin=0, vmax=20)
             ax.set_title(f"{title} ({view})", fontsize=8)
             ax.axis("off")

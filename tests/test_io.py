@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from medgan.io import VolumeError, atomic_write_text, expand_inputs, read_label_map, read_volume, write_nifti
+from medgan.io.readers import place_label_map
 from tests.conftest import DATA_DIR, axcodes_affine, oblique_affine, requires_data, write_nifti_file
 
 RNG = np.random.default_rng(0)
@@ -99,6 +100,31 @@ def test_label_map_must_share_grid(tmp_path):
         read_label_map(tmp_path / "bad_affine.nii.gz", img)
     with pytest.raises(VolumeError, match="frac.*whole numbers"):
         read_label_map(tmp_path / "frac.nii.gz", img)
+
+
+def test_a_label_map_of_a_slab_is_placed_exactly_and_anything_needing_resampling_is_refused(tmp_path):
+    aff = axcodes_affine("LPS", spacing=(2.0, 2.0, 3.0))
+    img = read_volume(write_nifti_file(tmp_path / "img.nii.gz", _vol((12, 10, 8)), aff))
+    slab = np.arange(12 * 10 * 3, dtype=np.uint8).reshape(12, 10, 3) % 5
+    at = aff.copy()
+    at[:3, 3] = aff[:3, :3] @ [0, 0, 4] + aff[:3, 3]  # voxels k = 4..6 of the image
+    lab = read_label_map(write_nifti_file(tmp_path / "slab.nii.gz", slab, at))
+    placed = place_label_map(lab, img, -1)
+    assert placed.shape == (12, 10, 8)
+    np.testing.assert_array_equal(placed[:, :, 4:7], slab)
+    assert (placed[:, :, :4] == -1).all() and (placed[:, :, 7:] == -1).all()
+    half = at.copy()
+    half[:3, 3] += aff[:3, :3] @ [0, 0, 0.5]
+    outside = at.copy()
+    outside[:3, 3] = aff[:3, :3] @ [0, 0, 6] + aff[:3, 3]
+    finer = at.copy()
+    finer[:3, :3] /= 2
+    for name, affine, message in [("half.nii.gz", half, "between voxels"), ("outside.nii.gz", outside, "outside its image"),
+                                  ("finer.nii.gz", finer, "spacing differ")]:
+        other = read_label_map(write_nifti_file(tmp_path / name, slab, affine))
+        with pytest.raises(VolumeError, match=message) as info:
+            place_label_map(other, img, -1)
+        assert name in str(info.value) and "img.nii.gz" in str(info.value)
 
 
 def test_write_is_atomic_and_keeps_affine(tmp_path):

@@ -15,6 +15,7 @@ parallel, and fall back to MONAI's ``SpatialResample`` otherwise.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
-    FgBgToIndicesd,
     Orientation,
     RandCropByPosNegLabeld,
     RandSpatialCropd,
@@ -30,11 +30,15 @@ from monai.transforms import (
     SpatialPad,
     SpatialResample,
 )
+from monai.transforms.utils import map_binary_to_indices
 
 from medgan.data.intensity import IntensityScaling, ScalingKind, fit_scaling
 from medgan.data.labels import LabelMapper, keep_largest_components
 from medgan.io import Grid, Volume, read_label_map, read_volume
-from medgan.keys import Keys
+from medgan.io.readers import place_label_map
+from medgan.keys import UNLABELLED, Keys
+
+logger = logging.getLogger(__name__)
 
 
 def to_canonical(volume: Volume, spacing_mm: Sequence[float], mode: str = "bilinear") -> MetaTensor:
@@ -334,7 +338,9 @@ class DomainPreprocessor:
     def training_volume(self, entry: dict, patch_size: Sequence[int], exclude_inferior: float = 0.0,
                         with_stats: bool = False) -> tuple[dict, IntensityScaling]:
         """A datalist entry -> dict with ``image (1, D, H, W)``, ``label (1, D, H, W)`` class
-        indices (zeros when unlabelled), ``has_label``, foreground/background indices, padded
+        indices (zeros when the volume is unlabelled; :data:`medgan.keys.UNLABELLED` outside a label
+        map that covers a block of the scan, :func:`medgan.io.readers.place_label_map`), ``has_label``,
+        foreground/background indices (labelled voxels only), padded
         to at least ``patch_size`` (image with -1, label with 0), and with ``with_stats``
         ``stats`` (:meth:`statistics` of the volume as trained on, for the checkpoint's
         out-of-distribution checks: a body mask per volume, so only when they are stored).
@@ -345,8 +351,15 @@ class DomainPreprocessor:
         # without a label mapping (no classes configured) labels are not used: unsupervised CycleGAN
         label_path = entry.get(Keys.LABEL.value) if self.label_mapper is not None else None
         if label_path:
-            lab = read_label_map(label_path, vol)
+            lab = read_label_map(label_path)
             lab.array = self.label_mapper(lab.array, lab.path).astype(np.float32)
+            if lab.array.shape != vol.array.shape or not np.allclose(lab.affine, vol.affine, atol=1e-3):
+                # a label map of a part of the scan (e.g. a labelled slab of a longer CT): the rest is
+                # UNLABELLED, which the segmentation losses ignore; the image keeps its whole field of view
+                lab.array = place_label_map(lab, vol, UNLABELLED).astype(np.float32)
+                lab.affine = vol.affine
+                logger.info("%s: label map %s covers part of the scan; %.0f %% of the voxels are unlabelled (ignored by the "
+                            "segmentation losses)", vol.path, lab.path, 100.0 * float(np.mean(lab.array == UNLABELLED)))
             label = to_canonical(lab, self.spacing_mm, "nearest")
         else:
             label = torch.zeros_like(image)
@@ -363,7 +376,11 @@ class DomainPreprocessor:
             **({"stats": stats} if stats is not None else {}),
         }
         if label_path:
-            item = FgBgToIndicesd(keys=Keys.LABEL.value)(item)
+            # crops centre on labelled voxels, foreground (> 0) or known background (== 0), never on
+            # UNLABELLED ones (FgBgToIndicesd would count those as foreground: it takes any nonzero)
+            lab = item[Keys.LABEL.value]
+            item[Keys.FG_INDICES.value], item[Keys.BG_INDICES.value] = map_binary_to_indices(
+                lab > 0, image=(lab != UNLABELLED), image_threshold=0.5)
         return item, scaling
 
 

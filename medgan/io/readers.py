@@ -145,6 +145,37 @@ def check_same_grid(a: Volume, b: Volume, what: str = "volume", other: str = "it
         )
 
 
+def place_label_map(lab: Volume, image: Volume, fill: int, atol_mm: float = 1e-3) -> np.ndarray:
+    """``lab``'s values on ``image``'s grid, ``fill`` where ``lab`` has no voxel: a label map drawn
+    on a part of its image (a slab of a longer scan, as TotalSegmentator crops are). Exact, no
+    resampling: ``lab``'s grid must be a block of ``image``'s (same voxel axes and spacing, an
+    integer voxel offset, inside the image); anything else is refused.
+
+    Returns an array of ``image``'s shape, ``lab``'s dtype widened to hold ``fill``.
+
+    Raises:
+        VolumeError: naming both files: other voxel axes or spacing, a non-integer offset
+        (it would need resampling), or a block reaching outside the image.
+    """
+    if not np.allclose(lab.affine[:3, :3], image.affine[:3, :3], atol=atol_mm):
+        raise VolumeError(f"{lab.path}: label map voxel axes/spacing differ from its image {image.path}; a partial label map "
+                          f"must be a block of the image's grid (resample it first):\n{np.round(lab.affine, 4)}\nvs\n"
+                          f"{np.round(image.affine, 4)}")
+    offset = np.linalg.solve(image.affine[:3, :3], lab.affine[:3, 3] - image.affine[:3, 3])  # lab's first voxel, image voxels
+    start = np.round(offset).astype(int)
+    # the tolerance in mm, measured along each voxel axis
+    if np.any(np.abs(offset - start) * np.asarray(image.spacing_mm) > atol_mm):
+        raise VolumeError(f"{lab.path}: label map starts between voxels of its image {image.path} (offset "
+                          f"{np.round(offset, 4).tolist()} voxels); placing it would need resampling")
+    stop = start + np.asarray(lab.array.shape[:3])
+    if np.any(start < 0) or np.any(stop > np.asarray(image.array.shape[:3])):
+        raise VolumeError(f"{lab.path}: label map covers voxels {start.tolist()}..{(stop - 1).tolist()}, outside its image "
+                          f"{image.path} of shape {tuple(image.array.shape[:3])}")
+    out = np.full(image.array.shape[:3], fill, dtype=np.result_type(lab.array.dtype, np.min_scalar_type(fill)))
+    out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = lab.array
+    return out
+
+
 class _ChunkedReadinto:
     """A decompressing file whose ``readinto`` fills the buffer 16 MiB at a time.
 

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medgan.config import InputPath
+from medgan.data.datalist import datalist_from_folder, datalist_from_msd
 from medgan.pipelines.data_config import AugmentConfig, IntensityConfig, LabelConfig, PipelineConfig, _Strict
 
 Row = Literal["no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "self_training", "self_training_plain",
@@ -41,13 +42,31 @@ ROW_TITLES = {
 
 
 class Side(_Strict):
-    """One domain: a folder of images with ``<name>_labels`` beside them, and its label space."""
+    """One domain: a folder of images with ``<name>_labels`` beside them, or an MSD-style
+    ``dataset.json`` (its ``training`` section: any image/label pairing, e.g. a longer scan with
+    the label map of a slab of it, :func:`medgan.io.readers.place_label_map`), and its label space."""
 
     name: str
-    folder: InputPath
+    folder: InputPath | None = None
+    dataset: InputPath | None = Field(None, description="MSD-style dataset.json (training section) instead of folder")
     labels: LabelConfig
     intensity: IntensityConfig = IntensityConfig()
     augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Side:
+        if (self.folder is None) == (self.dataset is None):
+            raise ValueError(f"side {self.name}: give one of folder and dataset")
+        return self
+
+    def datalist(self) -> list[dict]:
+        """``{image, label}`` entries of the folder (sorted) or of the dataset.json's training section."""
+        return datalist_from_folder(self.folder) if self.folder is not None else datalist_from_msd(self.dataset)
+
+    @property
+    def where(self) -> Path:
+        """The folder or the dataset.json (labelled real volumes for :func:`evaluate_set`'s ``real_ct``)."""
+        return Path(self.folder if self.folder is not None else self.dataset)
 
 
 class CrossProtocol(_Strict):
@@ -150,4 +169,6 @@ class BenchmarkConfig(PipelineConfig):
         if self.split.train_all and self.histmatch_baseline:
             raise ValueError("split.train_all: the histogram-matching baseline scores test MRs, and there are none; "
                              "set histmatch_baseline: false")
+        if self.target.folder is None:
+            raise ValueError("target: give a folder (its subjects are split by image name); dataset is for the source side")
         return self

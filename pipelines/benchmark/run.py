@@ -357,9 +357,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     atomic_write_text(out / "benchmark.yaml", dump_config(cfg))
     target = by_subject(cfg.target.folder)
     train_ids, test_ids, split_note = cfg.split.subjects(list(target))
-    ct = datalist_from_folder(cfg.source.folder)
+    ct = cfg.source.datalist()
     if not any(e["label"] for e in ct):
-        raise ValueError(f"{cfg.source.folder}: no labelled source volume")
+        raise ValueError(f"{cfg.source.where}: no labelled source volume")
     unlabelled = [{"image": target[s]["image"], "label": None} for s in train_ids]
     labelled = [target[s] for s in train_ids]
     test = [target[s] for s in test_ids]
@@ -389,7 +389,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         ckpts[row] = checkpoint
         scored(row, checkpoint)
         if test:
-            results["sct"][row] = _sct_rows(checkpoint, test, out / row, cfg.source.folder, translate_with=checkpoint)
+            results["sct"][row] = _sct_rows(checkpoint, test, out / row, cfg.source.where, translate_with=checkpoint)
 
     if "no_adaptation" in rows or "adda" in rows:
         def adda_rows() -> None:
@@ -439,7 +439,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             ref = next(e["image"] for e in ct if e["label"])
             made = [{**e, "sct": histogram_match(e["image"], ref, out / "histmatch/sct" / f"{strip_image_suffix(Path(e['image']))}_mr2ct.nii.gz")}
                     for e in test]
-            results["sct"]["histmatch"] = _sct_rows(ckpts["cyclegan_shape"], made, out / "histmatch", cfg.source.folder)
+            results["sct"]["histmatch"] = _sct_rows(ckpts["cyclegan_shape"], made, out / "histmatch", cfg.source.where)
         timed("histmatch", histmatch)
     if cfg.cross_protocol:
         results["cross_protocol"] = timed("cross-protocol scoring", lambda: score_cross_protocol(cfg, results, loaded))

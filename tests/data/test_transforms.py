@@ -196,3 +196,36 @@ def test_segmenter_only_draws_come_from_labelled_volumes():
     assert (ds.item(3, labelled_only=True)["image"] == ds.item(3, labelled_only=True)["image"]).all()  # deterministic
     alone = PatchDataset([unlabelled], (16, 16, 8), seed=5, length=4)  # no labelled volume: every volume still drawn
     assert not alone.item(0, labelled_only=True)["has_label"]
+
+
+def test_a_slab_label_map_trains_on_the_whole_scan_with_the_rest_unlabelled(tmp_path):
+    """A label map of a slab of the scan (the shared TotalSegmentator CT is one): the image keeps
+    its whole field of view, the voxels outside the slab are UNLABELLED (the losses ignore them),
+    and labelled crops centre on the slab's voxels only."""
+    import nibabel as nib
+
+    from medgan.data.labels import LabelMapper
+    from medgan.keys import UNLABELLED
+    from tests.conftest import write_nifti_file
+
+    full = nib.load(PHANTOM / "ct/phantom-ct-01_labels.nii.gz")
+    lab = np.asarray(full.dataobj)
+    at = full.affine.copy()
+    at[:3, 3] = full.affine[:3, :3] @ [0, 0, 10] + full.affine[:3, 3]  # slices 10..21 of the 32
+    slab = write_nifti_file(tmp_path / "slab_labels.nii.gz", lab[:, :, 10:22].astype(np.uint8), at)
+    mapper = LabelMapper.from_classmap(["liver", "kidney_right", "kidney_left"], PHANTOM / "classmap.json", "phantom")
+    pre = DomainPreprocessor((4.0, 4.0, 4.0), "window", label_mapper=mapper)
+    image = str(PHANTOM / "ct/phantom-ct-01.nii.gz")
+    whole, _ = pre.training_volume({"image": image, "label": str(PHANTOM / "ct/phantom-ct-01_labels.nii.gz")}, (16, 16, 8))
+    part, _ = pre.training_volume({"image": image, "label": str(slab)}, (16, 16, 8))
+    assert part["image"].shape == (1, 80, 64, 32) and (part["image"] == whole["image"]).all()
+    y, known = part["label"][0], part["label"][0] != UNLABELLED
+    assert known[:, :, 10:22].all() and not known[:, :, :10].any() and not known[:, :, 22:].any()
+    assert (y[known] == whole["label"][0][known]).all() and (y[known] > 0).any()
+    flat = y.reshape(-1)
+    assert (flat[part["label_fg_indices"]] > 0).all()
+    assert (flat[part["label_bg_indices"]] == 0).all()  # known background only
+    assert len(part["label_bg_indices"]) == int((y == 0).sum())
+    ds = PatchDataset([part], (16, 16, 8), seed=3, length=30, pos=1.0, neg=1.0)
+    for i in range(30):  # every crop (centred on a labelled voxel) holds labelled voxels
+        assert (ds.item(i, labelled_only=True)["label"] != UNLABELLED).any()

@@ -56,3 +56,23 @@ def test_masked_dice_ce_uses_only_labelled_members():
     assert crit(logits, target, torch.tensor([False, False])) is None
     only_first = crit(logits, target, torch.tensor([True, False]))
     torch.testing.assert_close(only_first, crit(logits[:1], target[:1], torch.tensor([True])))
+
+
+def test_masked_dice_ce_ignores_unlabelled_voxels_and_equals_monai_without_them():
+    from monai.losses import DiceCELoss
+
+    from medgan.keys import UNLABELLED
+
+    crit = MaskedDiceCELoss()
+    logits = torch.randn(2, 3, 8, 8, 8)
+    target = torch.randint(0, 3, (2, 1, 8, 8, 8))
+    both = torch.tensor([True, True])
+    torch.testing.assert_close(crit(logits, target, both), DiceCELoss(to_onehot_y=True, softmax=True)(logits, target))
+    partial = target.clone()
+    partial[..., 5:] = UNLABELLED  # the loss is that of the labelled block alone, whatever the logits elsewhere
+    block = crit(logits[..., :5].contiguous(), target[..., :5].contiguous(), both)
+    torch.testing.assert_close(crit(logits, partial, both), block)
+    noisy = logits.clone()
+    noisy[..., 5:] += 10 * torch.randn_like(noisy[..., 5:])
+    torch.testing.assert_close(crit(noisy, partial, both), block)
+    assert crit(logits, torch.full_like(target, UNLABELLED), both) is None

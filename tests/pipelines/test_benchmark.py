@@ -149,6 +149,19 @@ def test_train_all_split_needs_cross_protocol_sets_to_score_on():
 
 
 @requires_data
+def test_the_source_side_reads_a_dataset_json_pairing_the_whole_ct_with_its_slab_labels(tmp_path):
+    full = ROOT / "configs/benchmarks/ts_ct_01_full.json"
+    cfg = tiny_config(tmp_path, "source.folder=null", f"source.dataset={full}")
+    (entry,) = cfg.source.datalist()
+    assert entry["image"].endswith("ts-ct-01-full.nii.gz") and entry["label"].endswith("ts-ct-01_labels.nii.gz")
+    assert cfg.source.where == full
+    with pytest.raises(ValueError, match="one of folder and dataset"):
+        tiny_config(tmp_path, f"source.dataset={full}")
+    with pytest.raises(ValueError, match="target: give a folder"):
+        tiny_config(tmp_path, "target.folder=null", f"target.dataset={full}")
+
+
+@requires_data
 def test_tiny_reverse_benchmark_trains_on_the_other_protocol_and_scores_chaos(tmp_path):
     cfg = load_config(BenchmarkConfig, ROOT / "configs/benchmarks/chaos_reverse.yaml", [
         "rows=[no_adaptation, supervised]", "iters=2", "seg_iters=2",
