@@ -198,7 +198,7 @@ def test_segmenter_only_draws_come_from_labelled_volumes():
     assert not alone.item(0, labelled_only=True)["has_label"]
 
 
-def test_a_slab_label_map_trains_on_the_whole_scan_with_the_rest_unlabelled(tmp_path):
+def test_a_slab_label_map_trains_on_the_whole_scan_with_the_rest_unlabelled(tmp_path, caplog):
     """A label map of a slab of the scan (the shared TotalSegmentator CT is one): the image keeps
     its whole field of view, the voxels outside the slab are UNLABELLED (the losses ignore them),
     and labelled crops centre on the slab's voxels only."""
@@ -217,7 +217,9 @@ def test_a_slab_label_map_trains_on_the_whole_scan_with_the_rest_unlabelled(tmp_
     pre = DomainPreprocessor((4.0, 4.0, 4.0), "window", label_mapper=mapper)
     image = str(PHANTOM / "ct/phantom-ct-01.nii.gz")
     whole, _ = pre.training_volume({"image": image, "label": str(PHANTOM / "ct/phantom-ct-01_labels.nii.gz")}, (16, 16, 8))
-    part, _ = pre.training_volume({"image": image, "label": str(slab)}, (16, 16, 8))
+    with caplog.at_level("WARNING"):
+        part, _ = pre.training_volume({"image": image, "label": str(slab)}, (16, 16, 8))
+    assert "slab_labels.nii.gz" in caplog.text and "teach no background" in caplog.text  # the user is told
     assert part["image"].shape == (1, 80, 64, 32) and (part["image"] == whole["image"]).all()
     y, known = part["label"][0], part["label"][0] != UNLABELLED
     assert known[:, :, 10:22].all() and not known[:, :, :10].any() and not known[:, :, 22:].any()
