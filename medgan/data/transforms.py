@@ -358,8 +358,10 @@ class DomainPreprocessor:
                 # UNLABELLED, which the segmentation losses ignore; the image keeps its whole field of view
                 lab.array = place_label_map(lab, vol, UNLABELLED).astype(np.float32)
                 lab.affine = vol.affine
-                logger.warning("%s: label map %s covers part of the scan; its other %.0f %% of voxels are unlabelled: the "
-                               "segmentation losses ignore them (they teach no background there)", vol.path, lab.path,
+                known = np.argwhere(lab.array != UNLABELLED)
+                logger.warning("%s: label map %s covers voxels %s..%s of the scan, placed by the two files' affines; its other "
+                               "%.0f %% of voxels are unlabelled: the segmentation losses ignore them (they teach no background "
+                               "there)", vol.path, lab.path, known.min(0).tolist(), known.max(0).tolist(),
                                100.0 * float(np.mean(lab.array == UNLABELLED)))
             label = to_canonical(lab, self.spacing_mm, "nearest")
         else:

@@ -219,7 +219,8 @@ def test_a_slab_label_map_trains_on_the_whole_scan_with_the_rest_unlabelled(tmp_
     whole, _ = pre.training_volume({"image": image, "label": str(PHANTOM / "ct/phantom-ct-01_labels.nii.gz")}, (16, 16, 8))
     with caplog.at_level("WARNING"):
         part, _ = pre.training_volume({"image": image, "label": str(slab)}, (16, 16, 8))
-    assert "slab_labels.nii.gz" in caplog.text and "teach no background" in caplog.text  # the user is told
+    # the user is told, with where the label map went (a wrong header would show here)
+    assert "slab_labels.nii.gz" in caplog.text and "[0, 0, 10]..[79, 63, 21]" in caplog.text and "teach no background" in caplog.text
     assert part["image"].shape == (1, 80, 64, 32) and (part["image"] == whole["image"]).all()
     y, known = part["label"][0], part["label"][0] != UNLABELLED
     assert known[:, :, 10:22].all() and not known[:, :, :10].any() and not known[:, :, 22:].any()

@@ -150,7 +150,9 @@ def test_train_all_split_needs_cross_protocol_sets_to_score_on():
 
 @requires_data
 def test_the_source_side_reads_a_dataset_json_pairing_the_whole_ct_with_its_slab_labels(tmp_path):
-    full = ROOT / "configs/benchmarks/ts_ct_01_full.json"
+    ct = DATA_DIR / "abdomen/ct"
+    full = tmp_path / "dataset.json"
+    full.write_text(json.dumps({"training": [{"image": str(ct / "ts-ct-01-full.nii.gz"), "label": str(ct / "ts-ct-01_labels.nii.gz")}]}))
     cfg = tiny_config(tmp_path, "source.folder=null", f"source.dataset={full}")
     (entry,) = cfg.source.datalist()
     assert entry["image"].endswith("ts-ct-01-full.nii.gz") and entry["label"].endswith("ts-ct-01_labels.nii.gz")
