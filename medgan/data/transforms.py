@@ -352,12 +352,11 @@ class DomainPreprocessor:
         label_path = entry.get(Keys.LABEL.value) if self.label_mapper is not None else None
         if label_path:
             lab = read_label_map(label_path)
-            lab.array = self.label_mapper(lab.array, lab.path).astype(np.float32)
-            if lab.array.shape != vol.array.shape or not np.allclose(lab.affine, vol.affine, atol=1e-3):
-                # a label map of a part of the scan (e.g. a labelled slab of a longer CT): the rest is
-                # UNLABELLED, which the segmentation losses ignore; the image keeps its whole field of view
-                lab.array = place_label_map(lab, vol, UNLABELLED).astype(np.float32)
-                lab.affine = vol.affine
+            lab.array = self.label_mapper(lab.array, lab.path)
+            # on the scan's grid: the whole of it, or a block (a labelled slab of a longer CT), the rest
+            # UNLABELLED, which the segmentation losses ignore; the image keeps its whole field of view
+            lab.array, lab.affine = place_label_map(lab, vol, UNLABELLED).astype(np.float32), vol.affine
+            if (lab.array == UNLABELLED).any():
                 known = np.argwhere(lab.array != UNLABELLED)
                 logger.warning("%s: label map %s covers voxels %s..%s of the scan, placed by the two files' affines; its other "
                                "%.0f %% of voxels are unlabelled: the segmentation losses ignore them (they teach no background "

@@ -147,7 +147,8 @@ def check_same_grid(a: Volume, b: Volume, what: str = "volume", other: str = "it
 
 def place_label_map(lab: Volume, image: Volume, fill: int, atol_mm: float = 1e-3) -> np.ndarray:
     """``lab``'s values on ``image``'s grid, ``fill`` where ``lab`` has no voxel: a label map drawn
-    on a part of its image (a slab of a longer scan, as TotalSegmentator crops are). Exact, no
+    on a part of its image (a slab of a longer scan, as TotalSegmentator crops are), or on all of it
+    (the same grid: ``lab``'s values, no ``fill``). Exact, no
     resampling: ``lab``'s grid must be a block of ``image``'s (same voxel axes and spacing, an
     integer voxel offset, inside the image); anything else is refused.
 
