@@ -103,7 +103,7 @@ class AugmentConfig(_Strict):
     """Training augmentation of one domain (:mod:`medgan.data.augment`); all off by default.
 
     Spatial (every network sees it; image and label together): ``rotate_deg`` (+- about each
-    axis), ``scale`` (+- fraction), applied with probability ``spatial_prob``. Intensity (the
+    axis), ``scale`` (+- fraction, drawn per axis), applied with probability ``spatial_prob``. Intensity (the
     segmenters' inputs only, so translations keep their units): the probability of each of
     MONAI's ``RandBiasField``, ``RandHistogramShift``, ``RandGibbsNoise``, ``RandAdjustContrast``."""
 

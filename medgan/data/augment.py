@@ -2,8 +2,8 @@
 (the segmenters' inputs only), both MONAI transforms, seeded per item so that a resumed run
 draws exactly what an uninterrupted one would.
 
-- **Spatial** (:class:`SpatialAugment`): MONAI ``RandAffined`` (rotation about each axis, isotropic
-  scaling) on a crop larger than the patch, resampled to the patch size: what the networks see
+- **Spatial** (:class:`SpatialAugment`): MONAI ``RandAffined`` (rotation about each axis, scaling
+  of each axis by its own factor) on a crop larger than the patch, resampled to the patch size: what the networks see
   varies in pose and size although the data is one subject (the benchmark's labelled CT side).
   Zero padding of the resampling would be grey in [-1, 1], so the image is shifted to [0, 2]
   around it: outside the volume is the lowest intensity (air), as for the patch padding.
@@ -39,8 +39,9 @@ SPATIAL_MARGIN = 1.3
 
 
 class SpatialAugment:
-    """Random rotation (``rotate_deg`` about each axis, uniform in +-) and isotropic scaling
-    (``1 +- scale``) of an ``image (1, D, H, W)`` in [-1, 1] and its ``label`` with probability
+    """Random rotation (``rotate_deg`` about each axis, uniform in +-) and scaling of each axis
+    by its own factor, uniform in ``1 +- scale`` (MONAI draws one per axis: body size and shape
+    vary, not only size) of an ``image (1, D, H, W)`` in [-1, 1] and its ``label`` with probability
     ``prob``, resampled (bilinear / nearest) onto a ``patch_size`` grid at the crop's centre.
 
     Raises:

@@ -56,3 +56,18 @@ def test_intensity_augmentation_is_seeded_clipped_and_keeps_air():
         IntensityAugment(gibbs=1.5)
     gibbs = IntensityAugment(gibbs=1.0)(x, seed=1)
     assert gibbs.shape == x.shape and not torch.equal(gibbs, x)
+
+
+def test_spatial_augmentation_scales_each_axis_by_its_own_factor():
+    """MONAI's RandAffined draws one scale factor per axis: a cube's extents change unequally."""
+    img = torch.full((1, 48, 48, 48), -1.0)
+    img[:, 14:34, 14:34, 14:34] = 0.3
+    lab = (img > 0).long()
+    aug = SpatialAugment((36, 36, 36), rotate_deg=0.0, scale=0.3, prob=1.0)
+    crop = {Keys.IMAGE.value: img[:, 1:48, 1:48, 1:48], Keys.LABEL.value: lab[:, 1:48, 1:48, 1:48]}
+    extents = []
+    for seed in range(4):
+        out = aug(crop, seed)[Keys.LABEL.value][0]
+        extents.append([int(out.any(dim=tuple(d for d in range(3) if d != axis)).sum()) for axis in range(3)])
+    assert all(20 / 1.3 - 1 <= v <= 20 / 0.7 + 1 for e in extents for v in e), extents  # within 1 +- scale
+    assert any(max(e) - min(e) >= 2 for e in extents), extents  # not one isotropic factor (rounding: 1 voxel)
