@@ -218,6 +218,22 @@ def benchmark(
     out.print((Path(cfg.output_dir) / "table.md").read_text(encoding="utf-8"), highlight=False, markup=False)
 
 
+@app.command("benchmark-combine")
+def benchmark_combine(
+    runs: list[Path] = typer.Argument(..., help="Output folders of finished benchmark runs of one config."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the combined table.md, table.csv, combined.json."),
+) -> None:
+    """Combine benchmark runs that differ only in seed (repeats: the seed spread of every row) or in
+    split.fold (k folds: every fold's test subjects pooled) into one table."""
+    try:
+        from medgan.pipelines.benchmark.run import combine_runs
+
+        combine_runs(runs, output)
+    except USER_ERRORS as err:
+        _fail(err)
+    out.print((output / "table.md").read_text(encoding="utf-8"), highlight=False, markup=False)
+
+
 @app.command("baseline-histmatch")
 def baseline_histmatch(
     source: Path = typer.Argument(..., help="Volume to map, e.g. an MR."),

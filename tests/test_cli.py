@@ -75,3 +75,15 @@ def test_evaluate_a_test_set_from_the_command_line(tmp_path, tiny_checkpoint):
                               str(tiny_checkpoint), "-d", "mr2ct", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "dice_mean" in res.output and (tmp_path / "ev2/metrics.json").is_file()
+
+
+def test_benchmark_combine_prints_the_table_and_refuses_one_run(tmp_path):
+    from tests.pipelines.test_benchmark import _finished_run
+
+    r0 = _finished_run(tmp_path, "s0", ["x"], {"adda": {"x": 0.2}}, seed=0)
+    r1 = _finished_run(tmp_path, "s1", ["x"], {"adda": {"x": 0.4}}, seed=1)
+    res = runner.invoke(app, ["benchmark-combine", str(r0), str(r1), "-o", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert "2 repeats of one split" in res.output and "0.300 ± 0.100" in res.output
+    res = runner.invoke(app, ["benchmark-combine", str(r0), "-o", str(tmp_path / "c")])
+    assert res.exit_code != 0 and "two or more" in res.output

@@ -366,7 +366,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     if any(not e["label"] for e in test):
         raise ValueError(f"test subjects without labels cannot be scored: {[s for s in test_ids if not target[s]['label']]}")
     mapper = cfg.target.labels.mapper(cfg.classes)
-    results: dict = {"split": {"rule": split_note, "train": train_ids, "test": test_ids},
+    from medgan import __version__
+
+    results: dict = {"medgan_version": __version__, "split": {"rule": split_note, "train": train_ids, "test": test_ids},
                      "source": [e["image"] for e in ct], "segmentation": {}, "sct": {}, "seconds": {}, "checkpoints": {}}
     ckpts: dict[str, Path] = {}
 
@@ -516,6 +518,114 @@ def markdown(results: dict, cfg: BenchmarkConfig) -> str:
     return "\n".join(lines)
 
 
+#: what may differ between the runs that :func:`combine_runs` combines: repeats differ in ``seed``,
+#: folds in ``split.fold``; each run may train other rows too (only rows in every run are combined)
+COMBINABLE_KEYS = ("seed", "split.fold", "output_dir", "rows")
+
+
+def combine_runs(runs: list[Path], out: Path) -> dict:
+    """Combine finished benchmark runs (``results.json`` and ``benchmark.yaml`` in each) of one
+    config into one table in ``out`` (``table.md``, ``table.csv``, ``combined.json``).
+
+    - **Repeats** (the same test subjects; the runs differ in ``seed``): each row's score per organ
+      is the mean over the test subjects in each run, given as mean ± std over the runs. The std is
+      the seed spread, the part of a difference between rows that training noise alone makes;
+      single runs (the benchmark's table) do not show it.
+    - **Folds** (pairwise disjoint test subjects; the runs differ in ``split.fold``): every test
+      subject of every fold pooled, mean ± std over subjects (k-fold cross-validation).
+
+    Each row also lists the mean Dice of every run. Only rows that every run trained are combined
+    (the others are named in the table). The table gives each run's medgan version (recorded since
+    0.13): the configs are compared, the code that trained them is not.
+
+    Raises:
+        ValueError: fewer than two runs; a run without results; configs that differ in more than
+            :data:`COMBINABLE_KEYS` (the keys are named); two runs of the same seed and fold; test
+            subjects that overlap without being the same; no row in every run.
+    """
+    if len(runs) < 2:
+        raise ValueError(f"combine needs two or more benchmark runs, got {len(runs)}")
+    loaded = []
+    for run in runs:
+        run = Path(run)
+        if not (run / "results.json").is_file() or not (run / "benchmark.yaml").is_file():
+            raise ValueError(f"{run}: no results.json and benchmark.yaml: not a finished benchmark run")
+        cfg = load_config(BenchmarkConfig, run / "benchmark.yaml")
+        loaded.append((run, cfg, json.loads((run / "results.json").read_text(encoding="utf-8"))))
+    base = _config_tree(dump_config(loaded[0][1]), COMBINABLE_KEYS)
+    for run, cfg, _ in loaded[1:]:
+        tree = _config_tree(dump_config(cfg), COMBINABLE_KEYS)
+        differ = sorted(k for k in set(base) | set(tree) if base.get(k) != tree.get(k))
+        if differ:
+            raise ValueError(f"{run}: trained with another config than {loaded[0][0]} (differs in {differ}); "
+                             f"only {', '.join(COMBINABLE_KEYS[:2])} may differ")
+    ids = [(cfg.seed, cfg.split.fold) for _, cfg, _ in loaded]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"two runs of the same seed and fold (seed, fold): {ids}; a deterministic rerun is no repeat")
+    tests = [tuple(r["split"]["test"]) for _, _, r in loaded]
+    if all(t == tests[0] for t in tests):
+        kind = "repeats"
+    elif sum(len(t) for t in tests) == len({s for t in tests for s in t}):
+        kind = "folds"
+    else:
+        raise ValueError(f"the runs' test subjects overlap without being the same: {[list(t) for t in tests]}; "
+                         "combine repeats of one split, or folds of one k-fold split")
+    classes = loaded[0][1].classes
+    every = [row for row in loaded[0][2]["segmentation"] if all(row in r["segmentation"] for _, _, r in loaded)]
+    if not every:
+        raise ValueError(f"no row is in every run: {[sorted(r['segmentation']) for _, _, r in loaded]}")
+    left_out = sorted({row for _, _, r in loaded for row in r["segmentation"]} - set(every))
+    sct_rows = [row for row in loaded[0][2]["sct"] if all(row in r["sct"] for _, _, r in loaded)]
+
+    def combined(per_run: list[list[dict]], metrics: tuple[str, ...]) -> dict:
+        if kind == "folds":
+            pooled = [p for per in per_run for p in per]
+            return {c: {m: _stats([p[m].get(c, float("nan")) for p in pooled]) for m in metrics} for c in classes}
+        return {c: {m: _stats([_stats([p[m].get(c, float("nan")) for p in per])[0] for per in per_run]) for m in metrics}
+                for c in classes}
+
+    seg = {row: combined([r["segmentation"][row] for _, _, r in loaded], ("dice", "hd95_mm")) for row in every}
+    sct = {row: combined([r["sct"][row] for _, _, r in loaded], ("abs_median_diff_hu",)) for row in sct_rows}
+    per_run = {row: [float(np.nanmean([_stats([p["dice"][c] for p in r["segmentation"][row]])[0] for c in classes]))
+                     for _, _, r in loaded] for row in every}
+    result = {"kind": kind, "runs": [str(run) for run, _, _ in loaded], "seeds": [i[0] for i in ids],
+              "medgan_versions": [r.get("medgan_version", "unrecorded") for _, _, r in loaded],
+              "folds": [i[1] for i in ids], "test": [list(t) for t in tests], "left_out_rows": left_out,
+              "tables": {"segmentation": seg, "sct": sct}, "mean_dice_per_run": per_run}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "combined.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "table.md", _combined_markdown(result, loaded[0][1]))
+    atomic_write_text(out / "table.csv", _csv(result["tables"]))
+    return result
+
+
+def _combined_markdown(result: dict, cfg: BenchmarkConfig) -> str:
+    cls, kind = cfg.classes, result["kind"]
+    label = [f"seed {s}" for s in result["seeds"]] if kind == "repeats" else [f"fold {f}" for f in result["folds"]]
+    how = (f"{len(result['runs'])} repeats of one split (seeds {', '.join(map(str, result['seeds']))}; test "
+           f"{', '.join(result['test'][0])}): per organ the mean over the test subjects of each run, mean ± std over "
+           "the runs (the std is the seed spread)" if kind == "repeats" else
+           f"{len(result['runs'])} folds ({sum(len(t) for t in result['test'])} test subjects, each in one fold): "
+           "mean ± std over every fold's test subjects")
+    lines = [f"# Benchmark {cfg.name}: {len(result['runs'])} runs combined", "", how + ".", "",
+             "Runs: " + ", ".join(f"{l} `{r}` (medgan {v})" for l, r, v in zip(label, result["runs"], result["medgan_versions"])), ""]
+    if result["left_out_rows"]:
+        lines += [f"Rows not in every run, left out: {', '.join(result['left_out_rows'])}.", ""]
+    lines += ["## CT -> MR segmentation on the test MR: Dice / HD95 (mm)", "",
+              "| row | " + " | ".join(cls) + " | mean Dice | mean Dice per run |", "|---" * (len(cls) + 3) + "|"]
+    for row, per in result["tables"]["segmentation"].items():
+        runs = result["mean_dice_per_run"][row]
+        lines.append(f"| {ROW_TITLES[row]} | " + " | ".join(f"{_pm(per[c]['dice'], '.3f')} / {_pm(per[c]['hd95_mm'], '.1f')}" for c in cls)
+                     + f" | {np.mean(runs):.3f} ± {np.std(runs):.3f} | " + ", ".join(f"{v:.3f}" for v in runs) + " |")
+    if result["tables"]["sct"]:
+        lines += ["", "## Synthetic CT of the test MR: |median HU - real CT median HU|", "",
+                  "| row | " + " | ".join(cls) + " |", "|---" * (len(cls) + 1) + "|"]
+        for row, per in result["tables"]["sct"].items():
+            lines.append(f"| {ROW_TITLES[row]} | " + " | ".join(f"{_pm(per[c]['abs_median_diff_hu'], '.1f')} HU" for c in cls) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _csv(t: dict) -> str:
     lines = ["table,row,organ,metric,mean,std,n"]
     for table, rows in t.items():
@@ -526,4 +636,4 @@ def _csv(t: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["run_benchmark", "tables"]
+__all__ = ["combine_runs", "run_benchmark", "tables"]

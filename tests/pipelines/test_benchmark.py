@@ -215,3 +215,60 @@ def test_the_pseudo_labelled_shape_cyclegan_row_learns_from_training_mr_pseudo_l
     with open(tmp_path / "b/cyclegan_plain/losses.csv") as f:
         assert "S_MR_real" not in next(csv.reader(f))  # (without pseudo-labels it has none: the check can fail)
     assert "shape-consistent CycleGAN on pseudo-labelled MR" in (tmp_path / "b/table.md").read_text()
+
+
+def _finished_run(tmp_path, name: str, test: list[str], dice: dict, seed: int = 0, fold: int | None = None, **extra):  # noqa: ANN001, ANN202
+    """A benchmark output folder as run_benchmark leaves it (benchmark.yaml, results.json), with
+    ``dice[row][subject]`` the Dice of every organ; no training, no shared data."""
+    from medgan.config import dump_config
+
+    for side in ("ct", "mr"):
+        (tmp_path / side).mkdir(exist_ok=True)
+    classes = ["liver", "spleen"]
+    labels = {"ids": {"liver": [1], "spleen": [2]}}
+    split = {"folds": 3, "fold": fold} if fold is not None else {"file": str(tmp_path / "split.json")}
+    (tmp_path / "split.json").write_text(json.dumps({"version": 0, "train": ["a"], "test": ["b"]}))
+    cfg = BenchmarkConfig.model_validate({
+        "classes": classes, "source": {"name": "CT", "folder": str(tmp_path / "ct"), "labels": labels},
+        "target": {"name": "MR", "folder": str(tmp_path / "mr"), "labels": labels}, "split": split, "seed": seed,
+        "output_dir": str(tmp_path / name), "histmatch_baseline": False, **extra})
+    run = tmp_path / name
+    run.mkdir()
+    (run / "benchmark.yaml").write_text(dump_config(cfg))
+    seg = {row: [{"subject": s, "dice": {c: per[s] for c in classes}, "hd95_mm": {c: 10.0 * (1 - per[s]) for c in classes}}
+                 for s in test] for row, per in dice.items()}
+    (run / "results.json").write_text(json.dumps({"split": {"rule": "x", "train": ["a"], "test": test},
+                                                  "source": [], "segmentation": seg, "sct": {}, "seconds": {}}))
+    return run
+
+
+def test_combining_repeats_gives_the_seed_spread_and_folds_pool_their_subjects(tmp_path):
+    from medgan.pipelines.benchmark.run import combine_runs
+
+    r0 = _finished_run(tmp_path, "s0", ["x", "y"], {"adda": {"x": 0.2, "y": 0.4}, "supervised": {"x": 0.8, "y": 0.8}}, seed=0)
+    r1 = _finished_run(tmp_path, "s1", ["x", "y"], {"adda": {"x": 0.6, "y": 0.8}}, seed=1)
+    res = combine_runs([r0, r1], tmp_path / "c")
+    assert res["kind"] == "repeats" and res["left_out_rows"] == ["supervised"]
+    mean, std, n = res["tables"]["segmentation"]["adda"]["liver"]["dice"]
+    assert (mean, std, n) == pytest.approx((0.5, 0.2, 2))  # run means 0.3 and 0.7: mean ± std over the runs
+    assert res["mean_dice_per_run"]["adda"] == pytest.approx([0.3, 0.7])
+    md = (tmp_path / "c/table.md").read_text()
+    assert "0.500 ± 0.200" in md and "0.300, 0.700" in md and "seed 0" in md and "left out: supervised" in md
+    assert (tmp_path / "c/table.csv").read_text().startswith("table,row,organ,metric,mean,std,n")
+    # folds: disjoint test subjects, pooled (mean ± std over the 3 subjects, not over the 2 folds)
+    f0 = _finished_run(tmp_path, "f0", ["x", "y"], {"adda": {"x": 0.2, "y": 0.4}}, fold=0)
+    f1 = _finished_run(tmp_path, "f1", ["z"], {"adda": {"z": 0.9}}, fold=1)
+    res = combine_runs([f0, f1], tmp_path / "cf")
+    assert res["kind"] == "folds"
+    assert res["tables"]["segmentation"]["adda"]["spleen"]["dice"] == pytest.approx((0.5, float(np.std([0.2, 0.4, 0.9])), 3))
+    # refusals, each naming what is wrong
+    with pytest.raises(ValueError, match="two or more"):
+        combine_runs([r0], tmp_path / "c1")
+    with pytest.raises(ValueError, match="same seed and fold"):
+        combine_runs([r0, _finished_run(tmp_path, "s0b", ["x", "y"], {"adda": {"x": 0.2, "y": 0.4}}, seed=0)], tmp_path / "c2")
+    with pytest.raises(ValueError, match=r"differs in \['iters'\]"):
+        combine_runs([r0, _finished_run(tmp_path, "s2", ["x", "y"], {"adda": {"x": 0.2, "y": 0.4}}, seed=2, iters=7)], tmp_path / "c3")
+    with pytest.raises(ValueError, match="overlap without being the same"):
+        combine_runs([r0, _finished_run(tmp_path, "s3", ["y", "z"], {"adda": {"y": 0.2, "z": 0.4}}, seed=3)], tmp_path / "c4")
+    with pytest.raises(ValueError, match="not a finished benchmark run"):
+        combine_runs([r0, tmp_path / "ct"], tmp_path / "c5")
