@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medgan import __version__
 from medgan.config import apply_override, dump_config, load_config
 from medgan.data.datalist import datalist_from_folder
 from medgan.data.labels import LabelMapper
@@ -81,6 +82,13 @@ def _config_tree(text: str, ignore: tuple[str, ...] = ()) -> dict:
             node = node.get(p, {})
         node.pop(leaf, None)
     return tree
+
+
+def _config_differences(text: str, other: str, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The top-level keys whose values differ between two dumped configs (YAML), without the
+    dotted keys ``ignore``: what makes two runs' models answer for different things."""
+    a, b = _config_tree(text, ignore), _config_tree(other, ignore)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def _configured(schema: type, tree: dict, overrides: list[str]):  # noqa: ANN202
@@ -299,15 +307,18 @@ def rescore_cross_protocol(cfg: BenchmarkConfig) -> dict:
     out = Path(cfg.output_dir)
     if not (out / "results.json").is_file():
         raise ValueError(f"{out}: no results.json: run the benchmark first")
-    stored = _config_tree((out / "benchmark.yaml").read_text(encoding="utf-8"), ("cross_protocol",))
-    mine = _config_tree(dump_config(cfg), ("cross_protocol",))
-    differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+    differ = _config_differences((out / "benchmark.yaml").read_text(encoding="utf-8"), dump_config(cfg), ("cross_protocol",))
     if differ:
         raise ValueError(f"{out}: trained with another config (differs in {differ}); its models do not answer for this one")
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     results["cross_protocol"] = score_cross_protocol(cfg, results)
     _write(results, cfg)
     return results
+
+
+def _read_run(run: Path) -> tuple[BenchmarkConfig, dict]:
+    """A finished benchmark's ``(config, results)`` (``benchmark.yaml``, ``results.json`` in ``run``)."""
+    return load_config(BenchmarkConfig, run / "benchmark.yaml"), json.loads((run / "results.json").read_text(encoding="utf-8"))
 
 
 def load_run(run: Path) -> tuple[BenchmarkConfig, dict, list[dict], LabelMapper]:
@@ -317,8 +328,7 @@ def load_run(run: Path) -> tuple[BenchmarkConfig, dict, list[dict], LabelMapper]
     Raises:
         FileNotFoundError: ``run`` has no ``benchmark.yaml`` or ``results.json``.
     """
-    cfg = load_config(BenchmarkConfig, run / "benchmark.yaml")
-    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    cfg, results = _read_run(run)
     target = by_subject(cfg.target.folder)
     return cfg, results, [target[s] for s in results["split"]["test"]], cfg.target.labels.mapper(cfg.classes)
 
@@ -366,8 +376,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     if any(not e["label"] for e in test):
         raise ValueError(f"test subjects without labels cannot be scored: {[s for s in test_ids if not target[s]['label']]}")
     mapper = cfg.target.labels.mapper(cfg.classes)
-    from medgan import __version__
-
     results: dict = {"medgan_version": __version__, "split": {"rule": split_note, "train": train_ids, "test": test_ids},
                      "source": [e["image"] for e in ct], "segmentation": {}, "sct": {}, "seconds": {}, "checkpoints": {}}
     ckpts: dict[str, Path] = {}
@@ -550,12 +558,10 @@ def combine_runs(runs: list[Path], out: Path) -> dict:
         run = Path(run)
         if not (run / "results.json").is_file() or not (run / "benchmark.yaml").is_file():
             raise ValueError(f"{run}: no results.json and benchmark.yaml: not a finished benchmark run")
-        cfg = load_config(BenchmarkConfig, run / "benchmark.yaml")
-        loaded.append((run, cfg, json.loads((run / "results.json").read_text(encoding="utf-8"))))
-    base = _config_tree(dump_config(loaded[0][1]), COMBINABLE_KEYS)
+        loaded.append((run, *_read_run(run)))
+    base = dump_config(loaded[0][1])
     for run, cfg, _ in loaded[1:]:
-        tree = _config_tree(dump_config(cfg), COMBINABLE_KEYS)
-        differ = sorted(k for k in set(base) | set(tree) if base.get(k) != tree.get(k))
+        differ = _config_differences(base, dump_config(cfg), COMBINABLE_KEYS)
         if differ:
             raise ValueError(f"{run}: trained with another config than {loaded[0][0]} (differs in {differ}); "
                              f"only {', '.join(COMBINABLE_KEYS[:2])} may differ")
