@@ -12,12 +12,15 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from monai.inferers import SlidingWindowInferer
 
 from medgan.utils import resolve_device
+
+if TYPE_CHECKING:
+    from medgan.data.augment import SegmentationTTA
 
 logger = logging.getLogger(__name__)
 
@@ -142,3 +145,20 @@ def sliding_window(
     with torch.inference_mode(), _autocast(device, precision):
         y = inferer(x, lambda w: network(w).float())
     return y.as_tensor() if hasattr(y, "as_tensor") else y
+
+
+def tta_probabilities(
+    predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, augment: SegmentationTTA | None = None,
+) -> torch.Tensor:
+    """Class probabilities ``(B, C, D, H, W)`` of ``x (B, 1, D, H, W)``: ``predict`` (a view ->
+    its probabilities, e.g. softmax over sliding windows) on ``x``, or with ``augment`` the mean
+    over its views (:class:`medgan.data.augment.SegmentationTTA`), each mapped back onto ``x``'s
+    grid and weighted by where it saw the volume (test-time augmentation; Wang et al.,
+    Neurocomputing 2019)."""
+    if augment is None or augment.passes == 1:
+        return predict(x)
+    total = weight = None
+    for view, back in augment.views(x):
+        p, w = back(predict(view))
+        total, weight = (p, w) if total is None else (total + p, weight + w)
+    return total / weight.clamp_min(1e-6)

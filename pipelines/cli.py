@@ -319,13 +319,16 @@ def adda_segment(
     max_voxels: int = typer.Option(MAX_VOXELS, help="Refuse scans whose header gives more voxels (memory bound)."),
     largest_component: bool = typer.Option(False, help="Keep each class's largest connected component only (for "
                                            "classes that are one organ each)."),
+    tta: int = typer.Option(1, help="Test-time augmentation: mean probabilities over N views (the scan, then rotations "
+                            "and scalings drawn from the training augmentation); N times slower."),
 ) -> None:
     """Segment scans (outputs on each input's grid; manifest; bad files reported). Exit 1 if any failed."""
     try:
         from medgan.pipelines.adda.segment import segment
 
         report = segment(checkpoint, inputs, output, encoder, device=device,  # type: ignore[arg-type]
-                         on_result=_show_result, workers=workers, max_voxels=max_voxels, largest_component=largest_component)
+                         on_result=_show_result, workers=workers, max_voxels=max_voxels, largest_component=largest_component,
+                         tta=tta)
     except USER_ERRORS as err:
         _fail(err)
     _finish_batch(report, "segmented")

@@ -13,18 +13,23 @@ draws exactly what an uninterrupted one would.
   medgan issue 15; e.g. Billot et al., SynthSeg, MedIA 2023, for the rationale). Applied only to
   what a segmenter trains on: a CycleGAN's discriminators and cycle losses see the volumes as
   they are, so a synthetic CT keeps its HU.
+- **Test-time** (:class:`SegmentationTTA`): views of a whole volume drawn from that same training
+  distribution, each with the inverse that maps a prediction on the view back onto the volume's
+  grid, for averaging a segmenter's probabilities over the views (test-time augmentation).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     RandAdjustContrast,
+    RandAffine,
     RandAffined,
     RandBiasField,
     RandGibbsNoise,
@@ -107,8 +112,72 @@ class IntensityAugment:
         return torch.stack(out).to(x.device, x.dtype)
 
 
+class SegmentationTTA:
+    """Views of a volume ``x (B, 1, D, H, W)`` in [-1, 1] for test-time augmentation (TTA) of a
+    segmenter, drawn from its training augmentation: the first view is ``x`` itself; each other
+    one rotates (``rotate_deg`` about each axis) and scales (``1 +- scale`` per axis) the whole
+    volume about its centre with MONAI ``RandAffine`` (always, when either range is set: a view
+    is only worth its cost if it differs) and perturbs its contrast with ``intensity`` (each
+    perturbation with its training probability). Test-time augmentation in this sense (an average of
+    predictions over transformed inputs, mapped back): Wang et al., "Aleatoric uncertainty estimation
+    with test-time augmentation for medical image segmentation", Neurocomputing 338, 2019.
+
+    Each view comes with ``back``: ``probabilities (B, C, D', H', W')`` on the view's grid ->
+    ``(probabilities, weight)`` on ``x``'s grid, both resampled trilinearly by the inverse of the
+    same affine (``RandAffine.inverse``) with zero outside the view: ``weight (B, 1, D, H, W)`` is
+    1 where the view saw the volume, 0 where the rotation moved that part out of view, and in
+    between at the view's edge, and ``probabilities`` carry the same factor. The average over
+    the views is therefore ``sum(probabilities) / sum(weight)``
+    (:func:`medgan.inference.tta_probabilities`); the first view has weight 1 everywhere. The
+    draws depend on ``seed`` and the view's index only, so a scoring is reproducible.
+
+    Raises:
+        ValueError: ``passes`` < 1, a negative range, or more than one view with no augmentation
+            to draw them from.
+    """
+
+    def __init__(self, passes: int, rotate_deg: float = 0.0, scale: float = 0.0, intensity: IntensityAugment | None = None,
+                 seed: int = 0) -> None:
+        if passes < 1 or rotate_deg < 0 or scale < 0:
+            raise ValueError(f"test-time augmentation: passes {passes} must be >= 1, rotate_deg {rotate_deg} and scale {scale} >= 0")
+        self.spatial = rotate_deg > 0 or scale > 0
+        self.intensity = intensity if intensity is not None and intensity.active else None
+        if passes > 1 and not self.spatial and self.intensity is None:
+            raise ValueError(f"test-time augmentation: {passes} passes asked for, but no spatial or intensity augmentation "
+                             "to draw them from (every view would be the volume itself)")
+        r = math.radians(rotate_deg)
+        self.passes, self.seed = passes, seed
+        self.affine = RandAffine(prob=1.0, rotate_range=(r, r, r), scale_range=(scale, scale, scale), mode="bilinear",
+                                 padding_mode="zeros", lazy=False) if self.spatial else None
+
+    def views(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]]:
+        """``(view (B, 1, D', H', W'), back)`` for each pass; see the class."""
+        yield x, lambda p: (p, torch.ones_like(p[:, :1]))
+        for k in range(1, self.passes):
+            rng = np.random.default_rng([self.seed, k])
+            v = self.intensity(x, int(rng.integers(2**31 - 1))) if self.intensity is not None else x
+            if self.affine is None:
+                yield v, lambda p: (p, torch.ones_like(p[:, :1]))
+                continue
+            self.affine.set_random_state(seed=int(rng.integers(2**31 - 1)))
+            self.affine.randomize()
+            # one draw for the whole batch; shifted to [0, 2] so that the zero padding is air
+            warped = [self.affine(MetaTensor(s.float().cpu() + 1.0), randomize=False) for s in v]
+            ops = [w.applied_operations for w in warped]
+            view = torch.stack([_plain(w) for w in warped]).to(x.device, x.dtype) - 1.0
+
+            def back(p: torch.Tensor, ops: list = ops) -> tuple[torch.Tensor, torch.Tensor]:
+                probs, weight = [], []
+                for pk, op in zip(p.detach().float().cpu(), ops):
+                    probs.append(_plain(self.affine.inverse(MetaTensor(pk, applied_operations=[dict(o) for o in op]))))
+                    weight.append(_plain(self.affine.inverse(MetaTensor(torch.ones_like(pk[:1]), applied_operations=[dict(o) for o in op]))))
+                return torch.stack(probs).to(p.device), torch.stack(weight).to(p.device)
+
+            yield view, back
+
+
 def _plain(x) -> torch.Tensor:  # noqa: ANN001 - MONAI returns MetaTensors
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-__all__ = ["SPATIAL_MARGIN", "IntensityAugment", "SpatialAugment"]
+__all__ = ["SPATIAL_MARGIN", "IntensityAugment", "SegmentationTTA", "SpatialAugment"]

@@ -14,12 +14,12 @@ import torch
 from medgan.batch import MAX_VOXELS, BatchReport, plan_jobs, rank_device, run_batch
 from medgan.checkpoint import WEIGHTS, load_networks, open_checkpoint
 from medgan.data.transforms import labels_to_input_grid
-from medgan.inference import inference_device, sliding_window
+from medgan.inference import inference_device, sliding_window, tta_probabilities
 from medgan.io import Grid, Volume, read_label_map, read_volume, sha256_of
 from medgan.metrics import dice_per_class
 from medgan.pipelines.adda.config import AddaConfig
 from medgan.pipelines.adda.trainer import PIPELINE, build_adda_networks
-from medgan.pipelines.data_config import domain_preprocessor
+from medgan.pipelines.data_config import SegmentationTTAConfig, domain_preprocessor
 
 Encoder = Literal["source", "adapted", "oracle"]
 ROWS = {"source": "no adaptation (E_src + H)", "adapted": "ADDA (E_tgt + H)", "oracle": "supervised upper bound (target labels)"}
@@ -49,19 +49,32 @@ class AddaSegmenter:
         enc, head = self.nets[names[0]], self.nets[names[1]]
         return torch.nn.Sequential(enc, head)
 
-    def segment_tensor(self, x: torch.Tensor, encoder: Encoder = "adapted") -> torch.Tensor:
-        """``x (B, 1, D, H, W)`` in [-1, 1] -> class indices ``(B, D, H, W)``."""
+    def segment_tensor(self, x: torch.Tensor, encoder: Encoder = "adapted", domain: str | None = None,
+                       tta: SegmentationTTAConfig | None = None) -> torch.Tensor:
+        """``x (B, 1, D, H, W)`` in [-1, 1] of ``domain`` (default: the target) -> class indices
+        ``(B, D, H, W)``; ``tta`` (default: the config's ``inference.seg_tta``): test-time
+        augmentation drawn from that domain's training augmentation.
+
+        Raises:
+            ValueError: test-time augmentation asked for on a domain trained without augmentation.
+        """
         inf = self.config.inference
-        return sliding_window(self.network(encoder), x, self.config.roi_size, inf.overlap, inf.sw_batch_size, inf.blend,
-                              device=self.device, precision=inf.precision).argmax(1)
+        side = self.config.source if domain == self.config.source.name else self.config.target
+        augment = (tta or inf.seg_tta).augment(side.augment, side.name)
+        net = self.network(encoder)
+        return tta_probabilities(lambda v: sliding_window(net, v, self.config.roi_size, inf.overlap, inf.sw_batch_size, inf.blend,
+                                                          device=self.device, precision=inf.precision).softmax(1),
+                                 x, augment).argmax(1)
 
     def segment_volume(self, volume: Volume, encoder: Encoder = "adapted", domain: str | None = None,
-                       largest_component: bool = False) -> np.ndarray:
+                       largest_component: bool = False, tta: SegmentationTTAConfig | None = None) -> np.ndarray:
         """Class indices ``(I, J, K)`` uint8 on ``volume``'s grid; intensities are scaled as the
         ``domain`` (default: the target domain) was in training; ``largest_component``: each class
-        keeps only its largest connected component on that grid (for one-organ classes)."""
-        image, _ = self.pre[domain or self.config.target.name].image(volume)
-        seg = self.segment_tensor(image.as_tensor()[None], encoder)[0]
+        keeps only its largest connected component on that grid (for one-organ classes); ``tta``:
+        see :meth:`segment_tensor`."""
+        domain = domain or self.config.target.name
+        image, _ = self.pre[domain].image(volume)
+        seg = self.segment_tensor(image.as_tensor()[None], encoder, domain, tta)[0]
         return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape,
                                     largest_component_of=len(self.classes) if largest_component else 0)
 
@@ -70,9 +83,10 @@ class AddaSegmentTask:
     """:class:`medgan.batch.VolumeTask` writing ``{stem}_adda_seg.nii.gz`` class-index maps."""
 
     def __init__(self, model: AddaSegmenter, encoder: Encoder = "adapted", domain: str | None = None,
-                 largest_component: bool = False) -> None:
+                 largest_component: bool = False, tta: SegmentationTTAConfig | None = None) -> None:
         self.model, self.encoder, self.largest_component = model, encoder, largest_component
         self.domain = domain or model.config.target.name
+        self.tta = tta if tta is not None and tta.passes > 1 else None
         self.name = "adda_seg" if encoder == "adapted" else f"adda_{encoder}_seg"
         self.device = model.device
 
@@ -80,7 +94,7 @@ class AddaSegmentTask:
         return self.model.pre[self.domain].image(volume)[0]
 
     def run(self, image) -> torch.Tensor:  # noqa: ANN001
-        return self.model.segment_tensor(image.as_tensor()[None], self.encoder)[0]
+        return self.model.segment_tensor(image.as_tensor()[None], self.encoder, self.domain, self.tta)[0]
 
     def finish(self, grid: Grid, image, seg) -> dict[str, tuple[np.ndarray, type]]:  # noqa: ANN001
         return {"": (labels_to_input_grid(seg, image.affine, grid.affine, grid.shape,
@@ -90,17 +104,29 @@ class AddaSegmentTask:
         return {"checkpoint": str(self.model.folder.resolve()), "checkpoint_sha256": sha256_of(self.model.folder / WEIGHTS),
                 "config": self.model.config.model_dump(mode="json"), "encoder": self.encoder, "domain": self.domain,
                 "classes": ["background", *self.model.classes],
-                **({"largest_component": True} if self.largest_component else {})}  # absent when off: earlier manifests resume
+                **({"largest_component": True} if self.largest_component else {}),  # absent when off: earlier manifests resume
+                **({"seg_tta": self.tta.model_dump()} if self.tta else {})}
 
 
 def segment(checkpoint: str | Path, inputs: list[str | Path], output_dir: str | Path, encoder: Encoder = "adapted",
             domain: str | None = None, device: str = "auto", on_result=None, prefetch: int = 2,  # noqa: ANN001
-            workers: int | None = None, max_voxels: int | None = MAX_VOXELS, largest_component: bool = False) -> BatchReport:
+            workers: int | None = None, max_voxels: int | None = MAX_VOXELS, largest_component: bool = False,
+            tta: int = 1) -> BatchReport:
     """Segment every scan named by ``inputs``; same guarantees as ``medgan translate`` (input grid,
     manifest and resume, bad files reported and skipped, sharding under torchrun).
-    ``largest_component``: each class keeps only its largest connected component (for one-organ classes)."""
+    ``largest_component``: each class keeps only its largest connected component (for one-organ classes).
+    ``tta`` > 1: test-time augmentation over that many views (:class:`SegmentationTTAConfig`, drawn
+    from the domain's training augmentation).
+
+    Raises:
+        ValueError: ``tta`` views asked for on a domain trained without augmentation.
+    """
     model = AddaSegmenter(checkpoint, rank_device(device))
-    return run_batch(AddaSegmentTask(model, encoder, domain, largest_component), plan_jobs(list(inputs)), output_dir, prefetch=prefetch,
+    seg_tta = SegmentationTTAConfig(passes=tta) if tta > 1 else None
+    if seg_tta is not None:  # refuse before any scan is read
+        side = model.config.source if domain == model.config.source.name else model.config.target
+        seg_tta.augment(side.augment, side.name)
+    return run_batch(AddaSegmentTask(model, encoder, domain, largest_component, seg_tta), plan_jobs(list(inputs)), output_dir, prefetch=prefetch,
                      workers=workers, max_voxels=max_voxels, on_result=on_result)  # rank and world from torchrun
 
 

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from medgan.config import InputPath
 from medgan.data.datalist import datalist_from_folder, datalist_from_msd
-from medgan.pipelines.data_config import AugmentConfig, IntensityConfig, LabelConfig, PipelineConfig, _Strict
+from medgan.pipelines.data_config import AugmentConfig, IntensityConfig, LabelConfig, PipelineConfig, SegmentationTTAConfig, _Strict
 
 Row = Literal["no_adaptation", "cyclegan_plain", "cyclegan_shape", "adda", "cycada", "self_training", "self_training_plain",
               "cyclegan_shape_pseudo", "supervised"]
@@ -156,6 +156,9 @@ class BenchmarkConfig(PipelineConfig):
         False, description="every row's segmentation keeps each class's largest connected component only (nnU-Net's "
         "post-processing; for classes that are one organ each) when scored; the self-training row's pseudo-labels stay "
         "as predicted")
+    tta: SegmentationTTAConfig = Field(
+        SegmentationTTAConfig(), description="test-time augmentation of every row's segmenter wherever the benchmark "
+        "segments (scoring, pseudo-labels): views drawn from the target's training augmentation (off: passes 1)")
     cyclegan: list[str] = Field(default_factory=list, description="extra overrides of every CycleGAN run (key=value)")
     adda: list[str] = Field(default_factory=list, description="extra overrides of every ADDA run (key=value)")
     device: str = "auto"

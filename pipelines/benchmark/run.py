@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import platform
 import time
 from pathlib import Path
 
@@ -225,8 +226,8 @@ def row_segmenter(cfg: BenchmarkConfig, row: str, checkpoint: Path, loaded: dict
         loaded[checkpoint] = Translator(checkpoint, cfg.device) if encoder is None else AddaSegmenter(checkpoint, cfg.device)
     model = loaded[checkpoint]
     if encoder is None:
-        return lambda v: model.segment_volume(v, cfg.target.name, largest_component=cfg.largest_component)
-    return lambda v: model.segment_volume(v, encoder, largest_component=cfg.largest_component)
+        return lambda v: model.segment_volume(v, cfg.target.name, largest_component=cfg.largest_component, tta=cfg.tta)
+    return lambda v: model.segment_volume(v, encoder, cfg.target.name, largest_component=cfg.largest_component, tta=cfg.tta)
 
 
 def pseudo_labels(cfg: BenchmarkConfig, unlabelled: list[dict], teacher: str, teacher_checkpoint: Path, out: Path,
@@ -349,6 +350,22 @@ def _write(results: dict, cfg: BenchmarkConfig) -> None:
     atomic_write_text(out / "table.csv", _csv(results["tables"]))
 
 
+def machine() -> dict:
+    """What a run's figures depend on besides the config: the CPU model (bfloat16 autocast runs
+    through kernels chosen for it, so the same seed can train differently on another CPU; medgan
+    0.14, benchmarks/README.md), the thread count and torch's version."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name")) or cpu
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def _stats(values: list[float]) -> tuple[float, float, int]:
     v = [x for x in values if not math.isnan(x)]
     return (float(np.mean(v)), float(np.std(v)), len(v)) if v else (float("nan"), float("nan"), 0)
@@ -376,7 +393,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     if any(not e["label"] for e in test):
         raise ValueError(f"test subjects without labels cannot be scored: {[s for s in test_ids if not target[s]['label']]}")
     mapper = cfg.target.labels.mapper(cfg.classes)
-    results: dict = {"medgan_version": __version__, "split": {"rule": split_note, "train": train_ids, "test": test_ids},
+    results: dict = {"medgan_version": __version__, "machine": machine(), "split": {"rule": split_note, "train": train_ids, "test": test_ids},
                      "source": [e["image"] for e in ct], "segmentation": {}, "sct": {}, "seconds": {}, "checkpoints": {}}
     ckpts: dict[str, Path] = {}
 

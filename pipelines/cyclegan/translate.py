@@ -21,12 +21,13 @@ from medgan.batch import MAX_VOXELS, BatchReport, done_sidecars, plan_jobs, rank
 from medgan.checkpoint import WEIGHTS, checkpoint_pipeline, load_networks, open_checkpoint
 from medgan.data.intensity import IntensityScaling
 from medgan.data.transforms import DomainPreprocessor, labels_to_input_grid, to_input_grid
-from medgan.inference import inference_device, sliding_window
+from medgan.inference import inference_device, sliding_window, tta_probabilities
 from medgan.io import Grid, Volume, VolumeError, sha256_of
 from medgan.io.dicom_write import DicomOutput, StudyIdentifiers
 from medgan.pipelines.cyclegan.config import CycleGANConfig
 from medgan.pipelines.cyclegan.model import PIPELINE, NetNames, build_networks
 from medgan.pipelines.cyclegan.trainer import domain_preprocessor
+from medgan.pipelines.data_config import SegmentationTTAConfig
 from medgan.qa import scan_qa, write_batch_page
 
 AIR_HU = -1000.0
@@ -107,11 +108,21 @@ class Translator:
         src, tgt = self.parse_direction(direction)
         return self._window(self.nets[self.names.generator(src, tgt)], x)
 
-    def segment_tensor(self, x: torch.Tensor, domain: str) -> torch.Tensor:
-        """``x (B, 1, D, H, W)`` in [-1, 1] of ``domain`` -> class indices ``(B, D, H, W)`` by S_domain."""
+    def segment_tensor(self, x: torch.Tensor, domain: str, tta: SegmentationTTAConfig | None = None) -> torch.Tensor:
+        """``x (B, 1, D, H, W)`` in [-1, 1] of ``domain`` -> class indices ``(B, D, H, W)`` by S_domain;
+        ``tta`` (default: the config's ``inference.seg_tta``): test-time augmentation drawn from
+        that domain's training augmentation.
+
+        Raises:
+            ValueError: a model without segmenters, or test-time augmentation asked for on a
+                domain trained without augmentation.
+        """
         if not self.classes:
             raise ValueError(f"{self.folder}: this model has no segmenters (no classes configured)")
-        return self._window(self.nets[f"S_{domain}"], x).argmax(1)
+        side = next(d for d in (self.config.domain_a, self.config.domain_b) if d.name == domain)
+        augment = (tta or self.config.inference.seg_tta).augment(side.augment, domain)
+        net = self.nets[f"S_{domain}"]
+        return tta_probabilities(lambda v: self._window(net, v).softmax(1), x, augment).argmax(1)
 
     def translate_volume(self, volume: Volume, direction: str, segment: bool = False) -> Translated:
         """Translate one volume; the result is on ``volume``'s grid (shape and affine)."""
@@ -120,12 +131,14 @@ class Translator:
         arrays = task.finish(volume.grid, prepared, task.run(prepared))
         return Translated(image=arrays[""][0], affine=volume.affine, labels=arrays["_seg"][0] if "_seg" in arrays else None)
 
-    def segment_volume(self, volume: Volume, domain: str, largest_component: bool = False) -> np.ndarray:
+    def segment_volume(self, volume: Volume, domain: str, largest_component: bool = False,
+                       tta: SegmentationTTAConfig | None = None) -> np.ndarray:
         """Class indices ``(I, J, K)`` uint8 of a volume of ``domain`` by S_domain, on its grid;
         ``largest_component``: each class keeps only its largest connected component on that grid
-        (:func:`medgan.data.transforms.labels_to_input_grid`; for one-organ classes)."""
+        (:func:`medgan.data.transforms.labels_to_input_grid`; for one-organ classes); ``tta``: see
+        :meth:`segment_tensor`."""
         image, _ = self._pre[domain].image(volume)
-        seg = self.segment_tensor(image.as_tensor()[None], domain)[0]
+        seg = self.segment_tensor(image.as_tensor()[None], domain, tta)[0]
         return labels_to_input_grid(seg, image.affine, volume.affine, volume.array.shape,
                                     largest_component_of=len(self.classes) if largest_component else 0)
 

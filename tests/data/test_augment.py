@@ -5,7 +5,7 @@ import pytest
 import torch
 from monai.transforms import FgBgToIndicesd
 
-from medgan.data.augment import IntensityAugment, SpatialAugment
+from medgan.data.augment import IntensityAugment, SegmentationTTA, SpatialAugment
 from medgan.data.transforms import PatchDataset
 from medgan.keys import Keys
 
@@ -71,3 +71,55 @@ def test_spatial_augmentation_scales_each_axis_by_its_own_factor():
         extents.append([int(out.any(dim=tuple(d for d in range(3) if d != axis)).sum()) for axis in range(3)])
     assert all(20 / 1.3 - 1 <= v <= 20 / 0.7 + 1 for e in extents for v in e), extents  # within 1 +- scale
     assert any(max(e) - min(e) >= 2 for e in extents), extents  # not one isotropic factor (rounding: 1 voxel)
+
+
+def _blob(shape=(48, 40, 32)) -> torch.Tensor:
+    x = torch.full((1, 1, *shape), -1.0)
+    x[:, :, 6:22, 8:20, 4:14] = 0.5  # off-centre: a rotation about the centre moves it
+    x[:, :, 28:42, 22:34, 16:28] = 0.0
+    return x
+
+
+def _pointwise(v: torch.Tensor) -> torch.Tensor:
+    """Probabilities of 3 classes from the intensity alone: any displacement of the mapping back shows."""
+    return torch.cat([(v < -0.5), (v >= -0.5) & (v < 0.25), (v >= 0.25)], 1).float()
+
+
+def test_test_time_views_map_back_onto_the_volume():
+    from medgan.inference import tta_probabilities
+
+    x = _blob()
+    tta = SegmentationTTA(6, rotate_deg=20, scale=0.15, seed=3)
+    views = list(tta.views(x))
+    assert len(views) == 6 and views[0][0] is x
+    assert all(not torch.allclose(v, x) for v, _ in views[1:])  # each view differs from the volume
+    for v, back in views[1:]:
+        p, w = back(_pointwise(v))
+        assert p.shape == (1, 3, *x.shape[2:]) and w.shape == (1, 1, *x.shape[2:])
+        assert float(w.min()) >= 0 and float(w.max()) <= 1 + 1e-5
+        inside = w[0, 0] > 0.99
+        agree = (p.argmax(1)[0] == _pointwise(x).argmax(1)[0])[inside].float().mean()
+        assert agree > 0.97, f"a view mapped back disagrees with the volume on {1 - float(agree):.1%} of its voxels"
+    avg = tta_probabilities(_pointwise, x, tta)
+    assert torch.allclose(avg.sum(1), torch.ones(()), atol=1e-4)
+    truth = _pointwise(x).argmax(1)
+    for c in (1, 2):
+        a, b = avg.argmax(1) == c, truth == c
+        assert 2 * float((a & b).sum()) / float(a.sum() + b.sum()) > 0.95
+    # reproducible: the same seed draws the same views, another seed others
+    assert torch.equal(avg, tta_probabilities(_pointwise, x, SegmentationTTA(6, rotate_deg=20, scale=0.15, seed=3)))
+    assert not torch.equal(list(SegmentationTTA(2, 20, 0.15, seed=4).views(x))[1][0], views[1][0])
+
+
+def test_test_time_augmentation_draws_from_the_domain_training_augmentation():
+    from medgan.pipelines.data_config import AugmentConfig, SegmentationTTAConfig
+
+    assert SegmentationTTAConfig().augment(AugmentConfig(rotate_deg=15), "MR") is None  # passes 1: off
+    tta = SegmentationTTAConfig(passes=4, intensity=False).augment(AugmentConfig(rotate_deg=15, scale=0.1, contrast=0.5), "MR")
+    assert tta.passes == 4 and tta.spatial and tta.intensity is None
+    tta = SegmentationTTAConfig(passes=4, spatial=False, intensity=True).augment(AugmentConfig(rotate_deg=15, contrast=0.5), "MR")
+    assert not tta.spatial and tta.intensity is not None
+    with pytest.raises(ValueError, match="MR trained without the augmentation"):
+        SegmentationTTAConfig(passes=4).augment(AugmentConfig(contrast=0.5), "MR")  # spatial views by default: none to draw
+    with pytest.raises(ValueError, match="no spatial or intensity augmentation"):
+        SegmentationTTA(3)

@@ -1,6 +1,7 @@
 """ADDA: frozen source networks, discriminator inputs, feature alignment, end to end, bad input."""
 
 import copy
+import json
 import os
 
 import nibabel as nib
@@ -132,6 +133,27 @@ def test_tiny_end_to_end_on_real_abdomen(tmp_path):
     assert len(rep.written) == 2 and list(rep.failed) == [str(tmp_path / "missing.nii.gz")]
     out, src = nib.load(str(tmp_path / "seg/ts-mr-01_adda_seg.nii.gz")), nib.load(str(mr))
     assert out.shape == src.shape and np.allclose(out.affine, src.affine, atol=1e-5)
+    # test-time augmentation draws from the training augmentation: this model trained without any
+    with pytest.raises(ValueError, match="MR trained without the augmentation"):
+        segment(ckpt, [mr], tmp_path / "seg_tta", tta=3)
+    assert not (tmp_path / "seg_tta" / "ts-mr-01_adda_seg.nii.gz").exists()
+
+
+@requires_data
+def test_test_time_augmented_segmentation_is_recorded_and_on_the_input_grid(tmp_path):
+    cm = DATA_DIR / "classmaps/totalsegmentator.json"
+    cfg = load_config(AddaConfig, ROOT / "configs/adda_abdomen.yaml", [
+        *TINY, f"source.labels.classmap={cm}", f"target.labels.classmap={cm}", f"source.data.folder={DATA_DIR / 'abdomen/ct'}",
+        f"target.data.folder={DATA_DIR / 'abdomen/mr'}", "optim.n_source_iters=1", "optim.n_adapt_iters=1",
+        "optim.n_oracle_iters=0", "target.augment={rotate_deg: 10, scale: 0.1}", f"train.output_dir={tmp_path / 'run'}"])
+    ckpt = train_adda(cfg, progress=False)
+    mr = DATA_DIR / "abdomen/mr/ts-mr-01.nii.gz"
+    rep = segment(ckpt, [mr], tmp_path / "seg", tta=3)
+    assert rep.ok
+    out, src = nib.load(str(tmp_path / "seg/ts-mr-01_adda_seg.nii.gz")), nib.load(str(mr))
+    assert out.shape == src.shape and np.allclose(out.affine, src.affine, atol=1e-5)
+    sidecar = json.loads(next((tmp_path / "seg").glob("ts-mr-01_adda_seg*.json")).read_text())
+    assert sidecar["seg_tta"]["passes"] == 3  # what made the map is recorded, and a rerun without TTA is another task
 
 
 def test_msd_dataset_with_ct_and_mr_in_one_list(tmp_path):

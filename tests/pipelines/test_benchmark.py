@@ -62,6 +62,7 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path, 
     from medgan.pipelines.benchmark.run import run_benchmark
 
     res = run_benchmark(cfg)
+    assert res["machine"]["cpu"] and res["machine"]["threads"] >= 1  # the same seed may train differently on another CPU
     assert set(res["segmentation"]) == set(ROWS)
     assert set(res["sct"]) == {"cyclegan_plain", "cyclegan_shape", "histmatch"}
     for row in ROWS:
@@ -108,6 +109,13 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path, 
                               res["checkpoints"]["cyclegan_plain"], {})(train_mr)
     assert np.array_equal(read_volume(tmp_path / "b/self_training_plain/pseudo/chaos-t2-01_pseudo.nii.gz").array, plain_raw)
     assert not np.array_equal(plain_raw, raw)  # (the two teachers do disagree: the check above can tell them apart)
+    # test-time augmentation (the benchmark's tta option): both kinds of model, the input grid, reproducible
+    from medgan.pipelines.data_config import SegmentationTTAConfig
+
+    tta_cfg = cfg.model_copy(update={"tta": SegmentationTTAConfig(passes=3)})
+    for row in ("cyclegan_shape", "adda"):
+        a = row_segmenter(tta_cfg, row, res["checkpoints"][row], {})(train_mr)
+        assert a.shape == train_mr.array.shape and np.array_equal(a, row_segmenter(tta_cfg, row, res["checkpoints"][row], {})(train_mr))
     if not np.array_equal(raw, cut):  # the scored map keeps fewer voxels, never others
         assert ((cut == raw) | (cut == 0)).all() and (cut > 0).sum() < (raw > 0).sum()
     for cfg_file in (tmp_path / "b").rglob("checkpoints/*/config.yaml"):
