@@ -192,9 +192,8 @@ class SegmentationTTAConfig(_Strict):
     ``intensity``. ``passes`` 1 is off. Costs ``passes`` times the segmentation time.
 
     Spatial views only by default: on the CHAOS validation split (benchmarks/README.md, medgan
-    0.14) 8 spatial views raised each of 4 models' mean Dice a little (+0.006 to +0.018), contrast
-    views moved them by -0.014 to +0.041, and both together lowered the CT-trained segmenters'
-    by 0.07-0.08."""
+    0.14) 8 spatial views moved 6 models' mean Dice by -0.034 to +0.049 (5 up), contrast views 4
+    models' by -0.014 to +0.041, and both together lowered the CT-trained segmenters' by 0.07-0.08."""
 
     passes: int = Field(1, ge=1, le=32)
     spatial: bool = True
