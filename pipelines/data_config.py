@@ -213,7 +213,8 @@ class SegmentationTTAConfig(_Strict):
             return None
         a = domain_augment
         spatial = self.spatial and (a.rotate_deg > 0 or a.scale > 0) and a.spatial_prob > 0
-        intensity = a.intensity() if self.intensity and a.intensity().active else None
+        intensity = a.intensity() if self.intensity else None
+        intensity = intensity if intensity is not None and intensity.active else None
         if not spatial and intensity is None:
             raise ValueError(f"seg_tta: {self.passes} passes on {domain}, but {domain} trained without the augmentation "
                              f"they would draw from (spatial={self.spatial}, intensity={self.intensity}; its augment: {a.model_dump()})")

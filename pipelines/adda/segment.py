@@ -49,6 +49,16 @@ class AddaSegmenter:
         enc, head = self.nets[names[0]], self.nets[names[1]]
         return torch.nn.Sequential(enc, head)
 
+    def tta_views(self, domain: str | None = None, tta: SegmentationTTAConfig | None = None):  # noqa: ANN201
+        """The :class:`~medgan.data.augment.SegmentationTTA` of ``tta`` (default: the config's
+        ``inference.seg_tta``) for scans of ``domain`` (default: the target), or ``None`` when off.
+
+        Raises:
+            ValueError: views asked for on a domain trained without augmentation.
+        """
+        side = self.config.source if domain == self.config.source.name else self.config.target
+        return (tta or self.config.inference.seg_tta).augment(side.augment, side.name)
+
     def segment_tensor(self, x: torch.Tensor, encoder: Encoder = "adapted", domain: str | None = None,
                        tta: SegmentationTTAConfig | None = None) -> torch.Tensor:
         """``x (B, 1, D, H, W)`` in [-1, 1] of ``domain`` (default: the target) -> class indices
@@ -59,8 +69,7 @@ class AddaSegmenter:
             ValueError: test-time augmentation asked for on a domain trained without augmentation.
         """
         inf = self.config.inference
-        side = self.config.source if domain == self.config.source.name else self.config.target
-        augment = (tta or inf.seg_tta).augment(side.augment, side.name)
+        augment = self.tta_views(domain, tta)
         net = self.network(encoder)
         return tta_probabilities(lambda v: sliding_window(net, v, self.config.roi_size, inf.overlap, inf.sw_batch_size, inf.blend,
                                                           device=self.device, precision=inf.precision).softmax(1),
@@ -122,10 +131,8 @@ def segment(checkpoint: str | Path, inputs: list[str | Path], output_dir: str | 
         ValueError: ``tta`` views asked for on a domain trained without augmentation.
     """
     model = AddaSegmenter(checkpoint, rank_device(device))
-    seg_tta = SegmentationTTAConfig(passes=tta) if tta > 1 else None
-    if seg_tta is not None:  # refuse before any scan is read
-        side = model.config.source if domain == model.config.source.name else model.config.target
-        seg_tta.augment(side.augment, side.name)
+    seg_tta = SegmentationTTAConfig(passes=tta)
+    model.tta_views(domain, seg_tta)  # refuse before any scan is read
     return run_batch(AddaSegmentTask(model, encoder, domain, largest_component, seg_tta), plan_jobs(list(inputs)), output_dir, prefetch=prefetch,
                      workers=workers, max_voxels=max_voxels, on_result=on_result)  # rank and world from torchrun
 

@@ -119,8 +119,7 @@ class Translator:
         """
         if not self.classes:
             raise ValueError(f"{self.folder}: this model has no segmenters (no classes configured)")
-        side = next(d for d in (self.config.domain_a, self.config.domain_b) if d.name == domain)
-        augment = (tta or self.config.inference.seg_tta).augment(side.augment, domain)
+        augment = (tta or self.config.inference.seg_tta).augment(self.config.domain(domain).augment, domain)
         net = self.nets[f"S_{domain}"]
         return tta_probabilities(lambda v: self._window(net, v).softmax(1), x, augment).argmax(1)
 
