@@ -105,7 +105,10 @@ class AugmentConfig(_Strict):
     Spatial (every network sees it; image and label together): ``rotate_deg`` (+- about each
     axis), ``scale`` (+- fraction, drawn per axis), applied with probability ``spatial_prob``. Intensity (the
     segmenters' inputs only, so translations keep their units): the probability of each of
-    MONAI's ``RandBiasField``, ``RandHistogramShift``, ``RandGibbsNoise``, ``RandAdjustContrast``."""
+    MONAI's ``RandBiasField``, ``RandHistogramShift``, ``RandGibbsNoise``, ``RandAdjustContrast``;
+    ``synth``, the probability that a labelled segmenter input is replaced, before those, by an
+    image synthesized from its label map (:class:`~medgan.data.augment.LabelSynthesis`, SynthSeg's
+    domain randomization)."""
 
     rotate_deg: float = Field(0.0, ge=0, le=30)
     scale: float = Field(0.0, ge=0, lt=0.5)
@@ -114,6 +117,7 @@ class AugmentConfig(_Strict):
     histogram_shift: float = Field(0.0, ge=0, le=1)
     gibbs: float = Field(0.0, ge=0, le=1)
     contrast: float = Field(0.0, ge=0, le=1)
+    synth: float = Field(0.0, ge=0, le=1)
 
     def spatial(self, patch_size: tuple[int, int, int]):  # noqa: ANN201
         """The :class:`~medgan.data.augment.SpatialAugment` of these settings, or ``None`` when off."""
@@ -128,6 +132,12 @@ class AugmentConfig(_Strict):
         from medgan.data.augment import IntensityAugment
 
         return IntensityAugment(self.bias_field, self.histogram_shift, self.gibbs, self.contrast)
+
+    def synthesis(self):  # noqa: ANN201
+        """The :class:`~medgan.data.augment.LabelSynthesis` of these settings, or ``None`` when off."""
+        from medgan.data.augment import LabelSynthesis
+
+        return LabelSynthesis(self.synth) if self.synth > 0 else None
 
 
 class DomainConfig(_Strict):

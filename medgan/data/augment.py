@@ -13,6 +13,10 @@ draws exactly what an uninterrupted one would.
   medgan issue 15; e.g. Billot et al., SynthSeg, MedIA 2023, for the rationale). Applied only to
   what a segmenter trains on: a CycleGAN's discriminators and cycle losses see the volumes as
   they are, so a synthetic CT keeps its HU.
+- **Label-driven synthesis** (:class:`LabelSynthesis`): a labelled input replaced by an image
+  drawn from its label map, each tissue with a random intensity (domain randomization, Billot et
+  al., SynthSeg, MedIA 2023): the segmenter learns shapes, not one modality's contrast. Also
+  segmenters' inputs only, before the intensity augmentation.
 - **Test-time** (:class:`SegmentationTTA`): views of a whole volume drawn from that same training
   distribution, each with the inverse that maps a prediction on the view back onto the volume's
   grid, for averaging a segmenter's probabilities over the views (test-time augmentation).
@@ -28,6 +32,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
+    GaussianSmooth,
     RandAdjustContrast,
     RandAffine,
     RandAffined,
@@ -112,6 +117,80 @@ class IntensityAugment:
         return torch.stack(out).to(x.device, x.dtype)
 
 
+class LabelSynthesis:
+    """Replace each labelled sample of a batch ``x (B, 1, D, H, W)`` in [-1, 1], with probability
+    ``prob``, by an image synthesized from its label map ``y (B, 1, D, H, W)`` (class indices),
+    after SynthSeg's generative model (Billot et al., "SynthSeg: Segmentation of brain MRI scans of
+    any contrast and resolution without retraining", MedIA 86, 2023, sec. 3.1):
+
+    1. generation labels: each class ``c > 0`` of ``y`` is one label; every other voxel (background
+       and :data:`~medgan.keys.UNLABELLED`) gets one of ``levels`` labels by its own intensity
+       (``levels`` equal bins of [-1, 1]: air, fat, soft tissue, bone of a CT are apart), since the
+       label maps name a few organs and SynthSeg needs every tissue labelled;
+    2. a Gaussian mixture: label ``g`` gets mean ``U(0, 1)`` and standard deviation ``U(0, max_std)``
+       (SynthSeg's ``U(0, 225)`` and ``U(0, 25)`` of 255), every voxel drawn from its label's;
+    3. partial volume and slice thickness: a Gaussian blur of ``U(0, max_blur)`` voxels per axis
+       (MONAI ``GaussianSmooth``; the last axis is the slice axis of thick-slice scans);
+    4. rescaled to [-1, 1] between its 0.5 and 99.5 percentiles, then clipped.
+
+    The bias field and gamma of SynthSeg's step 4 are the intensity augmentation's
+    (:class:`IntensityAugment`), applied after this. The labels are unchanged, so the segmenter
+    learns to find the organs whatever their contrast. The draws depend on ``seed`` only.
+    Samples flagged unlabelled (``m`` False) stay as they are.
+
+    Raises:
+        ValueError: ``prob`` outside [0, 1], ``levels`` < 1, a negative ``max_std`` or ``max_blur``.
+    """
+
+    def __init__(self, prob: float, levels: int = 8, max_std: float = 0.08, max_blur: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+        if not 0 <= prob <= 1 or levels < 1 or max_std < 0 or any(b < 0 for b in max_blur):
+            raise ValueError(f"label synthesis: prob {prob} must lie in [0, 1], levels {levels} >= 1, max_std {max_std} "
+                             f"and max_blur {tuple(max_blur)} >= 0")
+        self.prob, self.levels, self.max_std, self.max_blur = float(prob), int(levels), float(max_std), tuple(float(b) for b in max_blur)
+        self.edges = torch.linspace(-1.0, 1.0, self.levels + 1)[1:-1]
+
+    @property
+    def active(self) -> bool:
+        return self.prob > 0
+
+    def generation_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x (1, D, H, W)`` and ``y (1, D, H, W)`` -> generation labels ``(1, D, H, W)`` int64:
+        intensity bins ``0 .. levels - 1`` off the classes, ``levels + c - 1`` on class ``c > 0``."""
+        bins = torch.bucketize(x.float().contiguous(), self.edges)
+        return torch.where(y > 0, self.levels + y.long() - 1, bins)
+
+    def sample(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+        """One synthetic image ``(1, D, H, W)`` in [-1, 1] from ``x`` and ``y`` of one sample (see the class)."""
+        rng = np.random.default_rng(seed)
+        gen = self.generation_labels(x, y)
+        n = int(gen.max()) + 1
+        mean = torch.from_numpy(rng.uniform(0.0, 1.0, n)).float()
+        std = torch.from_numpy(rng.uniform(0.0, self.max_std, n)).float()
+        noise = torch.randn(gen.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31 - 1))))
+        img = mean[gen] + std[gen] * noise
+        sigma = [float(rng.uniform(0.0, b)) for b in self.max_blur]
+        if any(s > 0 for s in sigma):
+            img = _plain(GaussianSmooth(sigma=sigma)(img)).float()
+        lo, hi = torch.quantile(img.flatten()[:: max(1, img.numel() // 100_000)], torch.tensor([0.005, 0.995]))
+        return ((img - lo) / (hi - lo).clamp_min(1e-6) * 2.0 - 1.0).clamp(-1.0, 1.0)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, seed: int) -> torch.Tensor:
+        """``x (B, 1, D, H, W)``, its labels ``y`` and labelled flags ``m (B,)`` -> ``x`` with each
+        labelled sample replaced with probability ``prob`` (no gradient flows through a replaced one)."""
+        if not self.active:
+            return x
+        rng = np.random.default_rng(seed)
+        out, changed = [], False
+        for xi, yi, mi in zip(x, y, m):
+            draw, s = rng.random(), int(rng.integers(2**31 - 1))
+            if bool(mi) and draw < self.prob and bool((yi > 0).any()):
+                out.append(self.sample(xi.detach().float().cpu(), yi.detach().cpu(), s).to(x.device, x.dtype))
+                changed = True
+            else:
+                out.append(xi)
+        return torch.stack(out) if changed else x
+
+
 class SegmentationTTA:
     """Views of a volume ``x (B, 1, D, H, W)`` in [-1, 1] for test-time augmentation (TTA) of a
     segmenter, drawn from its training augmentation: the first view is ``x`` itself; each other
@@ -180,4 +259,4 @@ def _plain(x) -> torch.Tensor:  # noqa: ANN001 - MONAI returns MetaTensors
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-__all__ = ["SPATIAL_MARGIN", "IntensityAugment", "SegmentationTTA", "SpatialAugment"]
+__all__ = ["SPATIAL_MARGIN", "IntensityAugment", "LabelSynthesis", "SegmentationTTA", "SpatialAugment"]

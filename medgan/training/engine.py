@@ -248,7 +248,7 @@ class Trainer(ABC):
         mean intensity scaling and training statistics (``self.training_stats``, for the QA
         sheet's out-of-distribution checks), both stored in the checkpoint."""
         t = self.cfg.train
-        self.datasets, self.normalization, self.training_stats, self.seg_augment = {}, {}, {}, {}
+        self.datasets, self.normalization, self.training_stats, self.seg_augment, self.seg_synthesis = {}, {}, {}, {}, {}
         for i, dom in enumerate(domains):
             pre = preprocessor(dom)
             made = [pre.training_volume(e, t.patch_size, with_stats=True) for e in dom.data.datalist()]
@@ -262,16 +262,24 @@ class Trainer(ABC):
                                                    length=self.total_iterations() * t.batch_size, pos=t.crop_pos, neg=t.crop_neg,
                                                    spatial=augment.spatial(t.patch_size) if augment is not None else None)
             self.seg_augment[dom.name] = augment.intensity() if augment is not None else None
+            self.seg_synthesis[dom.name] = augment.synthesis() if augment is not None else None
             self.normalization[dom.name] = {"kind": dom.intensity.kind, **mean_scaling(list(scalings)).to_dict()}
 
-    def seg_input(self, domain: str, x: torch.Tensor, part: int = 0) -> torch.Tensor:
+    def seg_input(self, domain: str, x: torch.Tensor, part: int = 0, y: torch.Tensor | None = None,
+                  m: torch.Tensor | None = None) -> torch.Tensor:
         """``x (B, 1, D, H, W)``, an input of a segmenter of ``domain``, through that domain's
-        intensity augmentation (``augment``; ``x`` itself when it has none), seeded by the run's
-        seed, the iteration and ``part`` (one per input of an iteration): resumable exactly."""
+        augmentation (``augment``; ``x`` itself when it has none): with its labels ``y (B, 1, D, H,
+        W)`` and labelled flags ``m (B,)``, the label-driven synthesis (``augment.synth``) first,
+        then the intensity augmentation; seeded by the run's seed, the iteration and ``part`` (one
+        per input of an iteration): resumable exactly."""
+        seed = self.seed(7919 * self.iteration + 97 * part + 5)
+        synth = getattr(self, "seg_synthesis", {}).get(domain)
+        if synth is not None and y is not None and m is not None:
+            x = synth(x, y, m, seed=seed + 1)
         aug = getattr(self, "seg_augment", {}).get(domain)
         if aug is None or not aug.active:
             return x
-        return aug(x, seed=self.seed(7919 * self.iteration + 97 * part + 5))
+        return aug(x, seed=seed)
 
     def joined(self, loss: torch.Tensor | None, pred: torch.Tensor) -> torch.Tensor | None:
         """``loss``, or under DDP a zero loss joined to ``pred`` when there is none (a batch

@@ -109,9 +109,9 @@ class AddaTrainer(Trainer):
 
     def supervised_step(self, enc: str, head: str, group: str, batch: dict, domain: str) -> dict[str, float]:
         """Stage 1 (source) or 3 (oracle): Dice + cross-entropy on labelled patches of ``domain``
-        (through its intensity augmentation, ``augment``)."""
+        (through its augmentation, ``augment``: label synthesis, intensity)."""
         with self.autocast():
-            pred = self.net(head)(self.net(enc)(self.seg_input(domain, batch["x"])))
+            pred = self.net(head)(self.net(enc)(self.seg_input(domain, batch["x"], y=batch["y"], m=batch["m"])))
             loss = self.joined(self.seg(pred, batch["y"], batch["m"]), pred)
         if loss is None:
             return {}

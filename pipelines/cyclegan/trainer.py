@@ -232,8 +232,8 @@ class CycleGANTrainer(Trainer):
             for part, (name, domain, x, y, m, w) in enumerate(parts):
                 if skip_unlabelled and not bool(m.any()):
                     continue
-                # the domain's intensity augmentation (augment), on the segmenters' inputs only
-                pred = self.net(f"S_{domain}")(self.seg_input(domain, x, part))
+                # the domain's augmentation (augment: label synthesis, intensity), on the segmenters' inputs only
+                pred = self.net(f"S_{domain}")(self.seg_input(domain, x, part, y, m))
                 loss = self.joined(self.seg_loss(pred, y, m), pred)
                 if loss is not None:
                     terms[name] = loss

@@ -5,9 +5,9 @@ import pytest
 import torch
 from monai.transforms import FgBgToIndicesd
 
-from medgan.data.augment import IntensityAugment, SegmentationTTA, SpatialAugment
+from medgan.data.augment import IntensityAugment, LabelSynthesis, SegmentationTTA, SpatialAugment
 from medgan.data.transforms import PatchDataset
-from medgan.keys import Keys
+from medgan.keys import UNLABELLED, Keys
 
 
 def _volume() -> dict:
@@ -41,6 +41,43 @@ def test_spatial_augmentation_off_is_the_centre_crop_of_the_larger_crop():
     assert item[Keys.IMAGE.value].shape == (1, 32, 32, 24)
     vals = np.unique(item[Keys.IMAGE.value].numpy())
     assert np.all(np.isclose(vals, -1.0, atol=1e-6) | np.isclose(vals, 0.3, atol=1e-6)), vals  # only the volume's own values
+
+
+def _labelled_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two samples: air, a soft-tissue body and two organs of the same intensity (x cannot tell them apart)."""
+    x = torch.full((2, 1, 24, 24, 16), -1.0)
+    x[:, :, 2:22, 2:22, 1:15] = 0.1
+    y = torch.zeros((2, 1, 24, 24, 16), dtype=torch.long)
+    y[:, :, 4:10, 4:20, 3:13] = 1
+    y[:, :, 14:20, 4:20, 3:13] = 2
+    y[:, :, 0, 0, 0] = UNLABELLED
+    return x, y
+
+
+def test_label_synthesis_draws_one_intensity_per_tissue_from_the_labels():
+    x, y = _labelled_batch()
+    synth = LabelSynthesis(prob=1.0, max_std=0.0, max_blur=(0.0, 0.0, 0.0))
+    out = synth(x, y, torch.tensor([True, True]), seed=0)
+    assert out.shape == x.shape and float(out.min()) >= -1 and float(out.max()) <= 1
+    for k in range(2):
+        o = out[k, 0]
+        # generation labels: organ 1, organ 2, the body's intensity bin, the air's bin (UNLABELLED voxels by intensity)
+        regions = [y[k, 0] == 1, y[k, 0] == 2, (y[k, 0] == 0) & (x[k, 0] > -0.5), x[k, 0] == -1.0]
+        values = [o[r].unique() for r in regions]
+        assert all(v.numel() == 1 for v in values), values  # no noise, no blur: each tissue one value
+        assert len({round(float(v), 5) for v in values}) == 4  # organs apart from each other and from the body
+    assert not torch.equal(out[0], out[1])  # each sample its own contrast
+    assert torch.equal(out, synth(x, y, torch.tensor([True, True]), seed=0))
+    assert not torch.equal(out, synth(x, y, torch.tensor([True, True]), seed=1))
+
+
+def test_label_synthesis_leaves_unlabelled_samples_and_prob_zero_alone():
+    x, y = _labelled_batch()
+    out = LabelSynthesis(prob=1.0)(x, y, torch.tensor([False, True]), seed=2)
+    assert torch.equal(out[0], x[0]) and not torch.equal(out[1], x[1])
+    assert torch.equal(LabelSynthesis(prob=0.0)(x, y, torch.tensor([True, True]), seed=2), x)
+    with pytest.raises(ValueError, match="label synthesis"):
+        LabelSynthesis(prob=1.5)
 
 
 def test_intensity_augmentation_is_seeded_clipped_and_keeps_air():

@@ -27,7 +27,8 @@ def test_training_steps_lower_the_cycle_loss(tmp_path):
 
 AUGMENTED = ("domain_a.augment.rotate_deg=10", "domain_a.augment.scale=0.1", "domain_a.augment.spatial_prob=1",
              "domain_b.augment.bias_field=1", "domain_b.augment.histogram_shift=1", "domain_b.augment.gibbs=1",
-             "domain_b.augment.contrast=1", "domain_a.intensity.knots=[[-200,-0.6],[300,0.6]]", "optim.seg_lr=1e-3")
+             "domain_b.augment.contrast=1", "domain_a.intensity.knots=[[-200,-0.6],[300,0.6]]", "optim.seg_lr=1e-3",
+             "domain_a.augment.synth=1", "domain_b.augment.synth=1")
 
 
 @pytest.mark.parametrize("extra, total", [((), 4), (AUGMENTED, 4), (("optim.seg_pretrain_iters=2",), 6)],
@@ -41,6 +42,17 @@ def test_resume_gives_the_same_next_losses(tmp_path, extra, total):
     assert resumed.iteration == 2
     resumed.fit()
     assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", total, 2)
+
+
+def test_label_synthesis_replaces_only_labelled_segmenter_inputs(tmp_path):
+    tr = CycleGANTrainer(tiny_config(tmp_path, "optim.n_iters=1", "domain_b.augment.synth=1"), progress=False)
+    x = torch.linspace(-1, 1, 2 * 16 * 16 * 16).reshape(2, 1, 16, 16, 16)
+    y = torch.zeros_like(x, dtype=torch.long)
+    y[:, :, 4:12, 4:12, 4:12] = 1
+    out = tr.seg_input("MR", x, 0, y, torch.tensor([True, False]))
+    assert not torch.equal(out[0], x[0]) and torch.equal(out[1], x[1])
+    assert torch.equal(tr.seg_input("CT", x, 0, y, torch.tensor([True, True])), x)  # CT: no synthesis configured
+    assert torch.equal(tr.seg_input("MR", x, 0), x)  # without labels there is nothing to synthesize from
 
 
 def test_segmenter_pretraining_updates_only_the_segmenters_then_trains_jointly(tmp_path):
