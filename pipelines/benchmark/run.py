@@ -353,7 +353,10 @@ def _write(results: dict, cfg: BenchmarkConfig) -> None:
 def machine() -> dict:
     """What a run's figures depend on besides the config: the CPU model (bfloat16 autocast runs
     through kernels chosen for it, so the same seed can train differently on another CPU; medgan
-    0.14, benchmarks/README.md), the thread count and torch's version."""
+    0.14, benchmarks/README.md), the kernels torch dispatches to on it (``cpu_capability``, and
+    ``cpu_bf16``: ``amx``, ``avx512_bf16`` or ``None`` for float32 training), the thread count and
+    torch's version. The model name alone does not tell them apart: the same "Intel(R) Xeon(R)
+    Processor" may or may not have AMX."""
     import torch
 
     cpu = platform.processor()
@@ -362,7 +365,9 @@ def machine() -> dict:
                    if line.startswith("model name")) or cpu
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    bf16 = "amx" if torch.cpu._is_amx_tile_supported() else "avx512_bf16" if torch.cpu._is_avx512_bf16_supported() else None
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": bf16,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

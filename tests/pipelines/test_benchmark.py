@@ -63,6 +63,7 @@ def test_tiny_benchmark_on_two_chaos_subjects_writes_a_complete_table(tmp_path, 
 
     res = run_benchmark(cfg)
     assert res["machine"]["cpu"] and res["machine"]["threads"] >= 1  # the same seed may train differently on another CPU
+    assert res["machine"]["cpu_capability"] and res["machine"]["cpu_bf16"] in {"amx", "avx512_bf16", None}
     assert set(res["segmentation"]) == set(ROWS)
     assert set(res["sct"]) == {"cyclegan_plain", "cyclegan_shape", "histmatch"}
     for row in ROWS:
