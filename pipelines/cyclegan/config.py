@@ -40,6 +40,9 @@ class LossConfig(_Strict):
     lambda_identity: float = Field(0.0, ge=0, description="weight of |G_B2A(x_A) - x_A|_1; 0 for CT<->MR")
     lambda_shape: float = Field(1.0, ge=0, description="shape-consistency weight on the generators")
     lambda_seg_fake: float = Field(1.0, ge=0, description="weight of segmenter training on translated volumes")
+    lambda_class_intensity: float = Field(0.0, ge=0, description=(
+        "weight of the class-conditional intensity term (medgan.losses.ClassMeanLoss): each labelled organ's mean in "
+        "G_A2B(x_A) against its mean over the real labelled B volumes, both directions; needs labels in both domains"))
     shape_warmup_iters: int = Field(0, ge=0, description="iterations of segmenter training before the shape and translated-segmentation terms start")
 
 
@@ -91,6 +94,8 @@ class CycleGANConfig(PipelineConfig):
             for d in (self.domain_a, self.domain_b):
                 if d.labels is None:
                     raise ValueError(f"classes are set, so domain {d.name} needs a labels section")
+        if self.loss.lambda_class_intensity > 0 and not self.classes:
+            raise ValueError("loss.lambda_class_intensity matches organ intensities: set classes (and labels) or set it to 0")
         for stage in ("seg_pretrain_iters", "seg_finetune_iters"):
             if getattr(self.optim, stage) and not self.classes:
                 raise ValueError(f"optim.{stage} trains the segmenters: set classes (and labels) or set it to 0")

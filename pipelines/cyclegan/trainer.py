@@ -8,6 +8,10 @@ Zhang, Yang & Zheng, CVPR 2018 (arXiv 1802.09655):
    ``    + lambda_cycle (|G_B2A(G_A2B(x_A)) - x_A|_1 + |G_A2B(G_B2A(x_B)) - x_B|_1)``  (Zhu Eq. 2)
    ``    + lambda_identity (|G_A2B(x_B) - x_B|_1 + |G_B2A(x_A) - x_A|_1)``             (Zhu sec. 5.2)
    ``    + lambda_shape (L_seg(S_B(G_A2B(x_A)), y_A) + L_seg(S_A(G_B2A(x_B)), y_B))``   (Zhang Eq. 4)
+   ``    + lambda_class_intensity (L_cls(G_A2B(x_A), y_A, mu_B) + L_cls(G_B2A(x_B), y_B, mu_A))``
+   with ``L_cls`` the mean over labelled organs ``c`` of ``|mean of the volume in c - mu[c]|`` and
+   ``mu_B[c]`` the mean of the real labelled B training volumes in ``c``
+   (:class:`medgan.losses.ClassMeanLoss`; a linear-kernel class-conditional MMD, Long et al. 2013)
 2. Discriminators, on real volumes and on translated ones drawn from the image pools:
    ``L_D_A = 1/2 (L_adv(D_A(x_A), real) + L_adv(D_A(pool(G_B2A(x_B))), fake))``, same for D_B.
 3. Segmenters, on real labelled volumes and (Zhang et al. sec. 3.3) on translated ones:
@@ -40,7 +44,8 @@ import torch
 from torch import nn
 
 from medgan.data.transforms import DomainPreprocessor
-from medgan.losses import AdversarialLoss, MaskedDiceCELoss
+from medgan.keys import Keys
+from medgan.losses import AdversarialLoss, ClassMeanLoss, MaskedDiceCELoss, class_sums
 from medgan.networks.checks import check_input_size
 from medgan.training.engine import Trainer
 from medgan.utils import ImagePool, read_losses, set_requires_grad
@@ -114,6 +119,29 @@ class CycleGANTrainer(Trainer):
         self.seg_loss = MaskedDiceCELoss()
         self.l1 = nn.L1Loss()
         self.domain_datasets([self.cfg.domain_a, self.cfg.domain_b], lambda dom: domain_preprocessor(self.cfg, dom))
+        if self.cfg.loss.lambda_class_intensity > 0:
+            self.class_loss = ClassMeanLoss()
+            self.class_means = {d: self.reference_class_means(d) for d in (self.names.a, self.names.b)}
+
+    def reference_class_means(self, domain: str) -> torch.Tensor:
+        """``(K,)`` mean intensity (networks' units) of each class over the labelled training volumes
+        of ``domain``, pooled over voxels; NaN for a class they do not contain (never matched).
+        Recomputed from the same data on resume, so nothing is stored."""
+        k = len(self.cfg.classes) + 1
+        sums, counts = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+        for v in self.datasets[domain].volumes:
+            if v[Keys.HAS_LABEL.value]:
+                s, c = class_sums(v[Keys.IMAGE.value][None], v[Keys.LABEL.value][None], k)
+                sums, counts = sums + s[0].double(), counts + c[0].double()
+        means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
+        known = [c for c, m in zip(self.cfg.classes, means[1:].tolist()) if m == m]
+        if not known:
+            logger.warning("loss.lambda_class_intensity: no labelled %s training volume, so nothing is translated into %s "
+                           "with an organ-intensity target", domain, domain)
+        else:
+            logger.info("%s class means (networks' units): %s", domain,
+                        ", ".join(f"{c} {m:.3f}" for c, m in zip(self.cfg.classes, means[1:].tolist()) if m == m))
+        return means.float().to(self.device)
 
     def total_iterations(self) -> int:
         o = self.cfg.optim
@@ -195,6 +223,13 @@ class CycleGANTrainer(Trainer):
                     loss = self.seg_loss(self.net(seg, update=False)(fake), y, m)
                     if loss is not None:
                         total = total + lc.lambda_shape * loss
+                        terms[name] = loss
+            if lc.lambda_class_intensity > 0:
+                for name, fake, y, m, ref in ((f"intensity_{n.b}", fake_b, y_a, m_a, self.class_means[n.b]),
+                                              (f"intensity_{n.a}", fake_a, y_b, m_b, self.class_means[n.a])):
+                    loss = self.class_loss(fake, y, m, ref)
+                    if loss is not None:
+                        total = total + lc.lambda_class_intensity * loss
                         terms[name] = loss
         self.update("G", total, terms)
         logs = {k: float(v.detach()) for k, v in terms.items()}

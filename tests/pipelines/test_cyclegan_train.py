@@ -28,7 +28,7 @@ def test_training_steps_lower_the_cycle_loss(tmp_path):
 AUGMENTED = ("domain_a.augment.rotate_deg=10", "domain_a.augment.scale=0.1", "domain_a.augment.spatial_prob=1",
              "domain_b.augment.bias_field=1", "domain_b.augment.histogram_shift=1", "domain_b.augment.gibbs=1",
              "domain_b.augment.contrast=1", "domain_a.intensity.knots=[[-200,-0.6],[300,0.6]]", "optim.seg_lr=1e-3",
-             "domain_a.augment.synth=1", "domain_b.augment.synth=1")
+             "domain_a.augment.synth=1", "domain_b.augment.synth=1", "loss.lambda_class_intensity=5")
 
 
 @pytest.mark.parametrize("extra, total", [((), 4), (AUGMENTED, 4), (("optim.seg_pretrain_iters=2",), 6)],
@@ -93,6 +93,36 @@ def test_segmenter_finetuning_freezes_the_generators_and_resumes_exactly(tmp_pat
     ckpt = part.fit(n_iters=4)  # resumed in the middle of the fine-tuning stage
     CycleGANTrainer(tiny_config(tmp_path / "part", *extra), resume=ckpt, progress=False).fit()
     assert_resumed_losses_match(tmp_path / "full", tmp_path / "part", 6, 4)
+
+
+def test_class_intensity_targets_are_the_real_organs_means_and_train_the_generators(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from medgan.pipelines.cyclegan.trainer import domain_preprocessor
+
+    cfg = tiny_config(tmp_path, "loss.lambda_class_intensity=10", "optim.n_iters=1")
+    tr = CycleGANTrainer(cfg, progress=False)
+    # the CT target of each organ, back in HU, is that organ's mean HU in the labelled phantom CT file
+    ct = nib.load(ROOT / "data_samples/phantom/ct/phantom-ct-01.nii.gz").get_fdata()
+    lab = nib.load(ROOT / "data_samples/phantom/ct/phantom-ct-01_labels.nii.gz").get_fdata()
+    scaling = domain_preprocessor(cfg, cfg.domain_a).window_scaling
+    for c, name in [(1, "liver"), (3, "kidney_right")]:
+        hu = float(scaling.inverse(tr.class_means["CT"][cfg.classes.index(name) + 1].cpu().numpy()))
+        assert abs(hu - ct[lab == c].mean()) < 0.5, (name, hu, ct[lab == c].mean())
+    a = next(batch for batch in (tr.batch("CT", i) for i in range(1, 20)) if bool(batch["m"].all()))  # the labelled CT
+    b = tr.batch("MR", 1)
+    tr.iteration = 1
+    logs = tr.train_step(a, b)
+    assert logs["intensity_CT"] > 0 and logs["intensity_MR"] > 0  # both directions: the MRs are labelled too
+    plain = CycleGANTrainer(tiny_config(tmp_path / "plain", "optim.n_iters=1", "loss.lambda_class_intensity=0"), progress=False)
+    plain.iteration = 1
+    assert "intensity_CT" not in plain.train_step(a, b)
+
+
+def test_class_intensity_needs_classes():
+    with pytest.raises(ConfigError, match="lambda_class_intensity"):
+        load_config(CycleGANConfig, ROOT / "configs/phantom.yaml", ["classes=[]", "loss.lambda_class_intensity=1"])
 
 
 @pytest.mark.parametrize("stage", ["seg_pretrain_iters", "seg_finetune_iters"])
