@@ -265,13 +265,15 @@ def demo(
     config: Path = typer.Option(Path("configs/phantom.yaml")),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the phantom config"),
 ) -> None:
-    """The main job on the shipped phantom: train, translate both ways, evaluate, draw a PNG."""
+    """The main job on the shipped phantom: train, then translate both ways a held-out phantom subject
+    (data_samples/phantom/heldout, read by no training step), evaluate, draw a PNG."""
     try:
         from medgan.pipelines.cyclegan.demo import run_demo
 
         reports = run_demo(config, output, overrides, progress=sys.stderr.isatty())
     except USER_ERRORS as err:
         _fail(err)
+    out.print("Held-out subject phantom-mr-03 (its MR and its paired CT; no training step saw them):")
     for name in ("mr2ct", "ct2mr"):
         _print_report(reports[name])
     out.print((output / "evaluation/testset/metrics.md").read_text(encoding="utf-8"), highlight=False, markup=False)

@@ -131,8 +131,10 @@ def make_phantom_subject(
 
 
 def write_phantom_dataset(out: str | Path) -> list[Path]:
-    """Write the shipped sample set: 2 CT (one unlabelled) and 2 MR subjects, a CT of the first
-    MR subject as a paired reference, and ``classmap.json``."""
+    """Write the shipped sample set: 2 CT (one unlabelled) and 2 MR subjects for training, a CT of
+    the first MR subject as a paired reference (``paired/``), a held-out subject that no training
+    config reads (``heldout/``: an MR and its paired CT, both labelled, for results on a subject
+    no training step saw), and ``classmap.json``."""
     root = Path(out)
     written = []
     plan = [
@@ -141,6 +143,8 @@ def write_phantom_dataset(out: str | Path) -> list[Path]:
         ("mr/phantom-mr-01", "mr", 3, "LPS", True, None),
         ("mr/phantom-mr-02", "mr", 4, "LPS", True, None),
         ("paired/phantom-mr-01_ct", "ct", 5, "LPS", True, 3),
+        ("heldout/phantom-mr-03", "mr", 6, "LPS", True, None),
+        ("heldout/phantom-mr-03_ct", "ct", 7, "LPS", True, 6),
     ]
     for name, modality, seed, orient, with_labels, geometry in plan:
         img, lab, aff = make_phantom_subject(modality, seed, orientation=orient, geometry_seed=geometry)

@@ -1,5 +1,5 @@
-"""The main job end to end on the shipped phantom: train briefly, translate both ways, evaluate,
-and draw orthogonal slices of the outputs. ``medgan demo`` runs it."""
+"""The main job end to end on the shipped phantom: train briefly, translate a held-out subject
+both ways, evaluate, and draw orthogonal slices of the outputs. ``medgan demo`` runs it."""
 
 from __future__ import annotations
 
@@ -17,50 +17,57 @@ from medgan.pipelines.cyclegan.translate import Translator, translate
 
 logger = logging.getLogger(__name__)
 PHANTOM = Path("data_samples/phantom")
+#: an MR and its paired CT of a phantom subject that no training config reads
+HELDOUT = PHANTOM / "heldout"
 
 
 def run_demo(config: str | Path = "configs/phantom.yaml", output_dir: str | Path = "runs/demo",
              overrides: list[str] | None = None, progress: bool = True) -> dict:
-    """Train on ``data_samples/phantom``, translate MR->CT and CT->MR with segmentations, evaluate
-    (Dice, per-organ HU against the real phantom CT, SynthRAD2025 MAE/PSNR/MS-SSIM against the MR
-    subject's own CT; the same as a one-case test set in ``evaluation/testset/metrics.md``, with
-    HD95 and figures) and write ``demo.png``. Returns the evaluation reports by direction."""
+    """Train on ``data_samples/phantom`` (``ct/``, ``mr/``), then :func:`evaluate_demo` on the
+    held-out subject. Returns the evaluation reports by direction."""
     out = Path(output_dir)
     cfg = load_config(CycleGANConfig, config, [f"train.output_dir={out / 'train'}", *(overrides or [])])
     ckpt = train(cfg, progress=progress)
-    mr = PHANTOM / "mr/phantom-mr-01.nii.gz"
-    ct = PHANTOM / "ct/phantom-ct-01.nii.gz"
+    return evaluate_demo(ckpt, out, cfg.train.spacing_mm)
+
+
+def evaluate_demo(ckpt: str | Path, output_dir: str | Path, spacing_mm: tuple[float, float, float] = (4.0, 4.0, 4.0)) -> dict:
+    """On the held-out phantom subject (``data_samples/phantom/heldout``: an MR and its paired CT,
+    both labelled, read by no training config), translate MR->CT and CT->MR with segmentations and
+    evaluate: Dice of the target segmenter against the source's labels, per-organ HU of the sCT
+    against the subject's paired CT and against the real training CTs, SynthRAD2025
+    MAE/PSNR/MS-SSIM against the paired CT (also as a one-case test set in
+    ``evaluation/testset/metrics.md``, with HD95 and figures); writes ``demo.png`` (orthogonal
+    slices at ``spacing_mm``). Returns the evaluation reports by direction."""
+    out = Path(output_dir)
+    mr, mr_labels = HELDOUT / "phantom-mr-03.nii.gz", HELDOUT / "phantom-mr-03_labels.nii.gz"
+    ct, ct_labels = HELDOUT / "phantom-mr-03_ct.nii.gz", HELDOUT / "phantom-mr-03_ct_labels.nii.gz"
     for src, direction in ((mr, "mr2ct"), (ct, "ct2mr")):
         rep = translate(ckpt, [src], out / "translated", direction, segment=True)
         if not rep.ok:
             raise RuntimeError(f"demo translation failed: {rep.failed}")
     tr = Translator(ckpt)
-    sct = out / "translated/phantom-mr-01_mr2ct.nii.gz"
-    smr = out / "translated/phantom-ct-01_ct2mr.nii.gz"
+    sct = out / "translated/phantom-mr-03_mr2ct.nii.gz"
+    smr = out / "translated/phantom-mr-03_ct_ct2mr.nii.gz"
     reports = {
-        "mr2ct": evaluate(ckpt, sct, "mr2ct", source_labels=PHANTOM / "mr/phantom-mr-01_labels.nii.gz",
-                          reference=ct, reference_labels=PHANTOM / "ct/phantom-ct-01_labels.nii.gz",
-                          paired_reference=PHANTOM / "paired/phantom-mr-01_ct.nii.gz",
-                          output_dir=out / "evaluation/mr2ct", translator=tr),
-        "ct2mr": evaluate(ckpt, smr, "ct2mr", source_labels=PHANTOM / "ct/phantom-ct-01_labels.nii.gz",
-                          output_dir=out / "evaluation/ct2mr", translator=tr),
+        "mr2ct": evaluate(ckpt, sct, "mr2ct", source_labels=mr_labels, reference=ct, reference_labels=ct_labels,
+                          paired_reference=ct, output_dir=out / "evaluation/mr2ct", translator=tr),
+        "ct2mr": evaluate(ckpt, smr, "ct2mr", source_labels=ct_labels, output_dir=out / "evaluation/ct2mr", translator=tr),
     }
     reports["testset"] = evaluate_set(
-        [Case("phantom-mr-01", sct, reference=PHANTOM / "paired/phantom-mr-01_ct.nii.gz", source=mr,
-              source_labels=PHANTOM / "mr/phantom-mr-01_labels.nii.gz")],
+        [Case("phantom-mr-03", sct, reference=ct, source=mr, source_labels=mr_labels)],
         out / "evaluation/testset", ckpt, "mr2ct", real_ct=PHANTOM / "ct")
-    sp = cfg.train.spacing_mm
 
     def ras(path: Path):  # noqa: ANN202 - display in RAS at the training spacing
-        return to_canonical(read_volume(path, check_values=False), sp, "nearest")[0].numpy()
+        return to_canonical(read_volume(path, check_values=False), spacing_mm, "nearest")[0].numpy()
 
     rows = [
-        ("MR input + labels", ras(mr), ras(PHANTOM / "mr/phantom-mr-01_labels.nii.gz")),
-        ("synthetic CT (HU) + S_CT", ras(sct), ras(out / "translated/phantom-mr-01_mr2ct_seg.nii.gz")),
-        ("paired real CT", ras(PHANTOM / "paired/phantom-mr-01_ct.nii.gz"), None),
-        ("CT input + labels", ras(ct), ras(PHANTOM / "ct/phantom-ct-01_labels.nii.gz")),
-        ("synthetic MR + S_MR", ras(smr), ras(out / "translated/phantom-ct-01_ct2mr_seg.nii.gz")),
+        ("held-out MR + labels", ras(mr), ras(mr_labels)),
+        ("synthetic CT (HU) + S_CT", ras(sct), ras(out / "translated/phantom-mr-03_mr2ct_seg.nii.gz")),
+        ("its paired real CT", ras(ct), None),
+        ("held-out CT + labels", ras(ct), ras(ct_labels)),
+        ("synthetic MR + S_MR", ras(smr), ras(out / "translated/phantom-mr-03_ct_ct2mr_seg.nii.gz")),
     ]
-    png = save_orthogonal_slices(out / "demo.png", rows, sp)
+    png = save_orthogonal_slices(out / "demo.png", rows, spacing_mm)
     logger.info("figure: %s", png)
     return reports

@@ -11,7 +11,7 @@ import torch
 from medgan.io import read_volume
 from medgan.pipelines.cyclegan.evaluate import evaluate
 from medgan.pipelines.cyclegan.translate import AIR_HU, CycleGANTask, Translator, translate
-from tests.conftest import PHANTOM, axcodes_affine, oblique_affine, write_nifti_file
+from tests.conftest import PHANTOM, ROOT, axcodes_affine, oblique_affine, write_nifti_file
 
 
 def _mr_like(shape=(30, 26, 18)) -> np.ndarray:
@@ -304,3 +304,16 @@ def test_largest_component_keeps_one_component_per_class(tmp_path, tiny_checkpoi
     assert all(n <= 1 for n in n_parts["lcc"])
     with pytest.raises(ValueError, match="needs --segment"):
         Translator(tiny_checkpoint, "cpu").task("mr2ct", segment=False, largest_component=True)
+
+
+def test_demo_evaluates_the_held_out_phantom_subject(tiny_checkpoint, tmp_path):
+    from medgan.pipelines.cyclegan.demo import HELDOUT, evaluate_demo
+
+    reports = evaluate_demo(tiny_checkpoint, tmp_path)
+    assert reports["mr2ct"]["translated"].endswith("phantom-mr-03_mr2ct.nii.gz")
+    assert set(reports["mr2ct"]["dice"]) == set(reports["ct2mr"]["dice"]) and "liver" in reports["mr2ct"]["intensity"]
+    assert [r["case"] for r in reports["testset"]["results"]] == ["phantom-mr-03"]
+    assert (tmp_path / "demo.png").stat().st_size > 0 and (tmp_path / "evaluation/testset/metrics.md").exists()
+    # the subject is read by no training config: neither its MR nor its CT is in the demo's training folders
+    cfg_text = (ROOT / "configs/phantom.yaml").read_text(encoding="utf-8")
+    assert HELDOUT.name not in cfg_text and not any(p.name.startswith("phantom-mr-03") for p in (ROOT / "data_samples/phantom").glob("[cm][tr]/*"))
