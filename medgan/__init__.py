@@ -17,7 +17,7 @@ The public API (imported lazily, so ``import medgan`` stays light):
 
 from __future__ import annotations
 
-__version__ = "0.15.0"
+__version__ = "0.16.0"
 
 _API = {
     "CycleGANConfig": "medgan.pipelines.cyclegan.config",
