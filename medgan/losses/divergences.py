@@ -76,9 +76,9 @@ class ClassMeanLoss(_Loss):
     class ``c`` and a reference mean of class ``c``.
 
     This is the conditional-distribution MMD of Joint Distribution Adaptation (Long et al., ICCV
-    2013: the distance between class-conditional means) with a linear kernel on intensities, taken as an L1 distance so
-    its gradient does not vanish as the means approach (a 20 HU error is about 0.05 in the
-    networks' units). For translation with labels in both domains: ``G_A2B(x_A)`` with ``x_A``'s
+    2013: the distance between class-conditional means) with a linear kernel on intensities, taken
+    as an L1 distance so its gradient does not vanish as the means approach (a 20 HU error is about
+    0.05 in the networks' units). For translation with labels in both domains: ``G_A2B(x_A)`` with ``x_A``'s
     labels against the mean of each class over the real labelled B volumes, so each organ of a
     synthetic CT gets the real CT's HU level, which an adversarial loss on unpaired patches does
     not pin down.
