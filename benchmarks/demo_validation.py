@@ -19,9 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-import nibabel as nib
-
 from medgan.data.phantom import make_phantom_subject
+from medgan.io import write_nifti
 from medgan.pipelines.cyclegan.evaluate import evaluate
 from medgan.pipelines.cyclegan.translate import Translator, translate
 
@@ -35,8 +34,8 @@ def write_subjects(folder: Path) -> None:
     for name, mr_seed, ct_seed in SUBJECTS:
         for suffix, modality, seed in (("", "mr", mr_seed), ("_ct", "ct", ct_seed)):
             img, lab, aff = make_phantom_subject(modality, seed, orientation="LPS", geometry_seed=mr_seed)
-            nib.save(nib.Nifti1Image(img, aff), str(folder / f"{name}{suffix}.nii.gz"))
-            nib.save(nib.Nifti1Image(lab, aff), str(folder / f"{name}{suffix}_labels.nii.gz"))
+            write_nifti(folder / f"{name}{suffix}.nii.gz", img, aff)
+            write_nifti(folder / f"{name}{suffix}_labels.nii.gz", lab, aff)
 
 
 def final_checkpoint(run: Path) -> Path:

@@ -268,12 +268,12 @@ def demo(
     """The main job on the shipped phantom: train, then translate both ways a held-out phantom subject
     (data_samples/phantom/heldout, read by no training step), evaluate, draw a PNG."""
     try:
-        from medgan.pipelines.cyclegan.demo import run_demo
+        from medgan.pipelines.cyclegan.demo import HELDOUT_SUBJECT, run_demo
 
         reports = run_demo(config, output, overrides, progress=sys.stderr.isatty())
     except USER_ERRORS as err:
         _fail(err)
-    out.print("Held-out subject phantom-mr-03 (its MR and its paired CT; no training step saw them):")
+    out.print(f"Held-out subject {HELDOUT_SUBJECT} (its MR and its paired CT; no training step saw them):")
     for name in ("mr2ct", "ct2mr"):
         _print_report(reports[name])
     out.print((output / "evaluation/testset/metrics.md").read_text(encoding="utf-8"), highlight=False, markup=False)

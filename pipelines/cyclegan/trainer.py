@@ -134,13 +134,12 @@ class CycleGANTrainer(Trainer):
                 s, c = class_sums(v[Keys.IMAGE.value][None], v[Keys.LABEL.value][None], k)
                 sums, counts = sums + s[0].double(), counts + c[0].double()
         means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
-        known = [c for c, m in zip(self.cfg.classes, means[1:].tolist()) if m == m]
+        known = {c: m for c, m in zip(self.cfg.classes, means[1:].tolist()) if m == m}
         if not known:
             logger.warning("loss.lambda_class_intensity: no labelled %s training volume, so nothing is translated into %s "
                            "with an organ-intensity target", domain, domain)
         else:
-            logger.info("%s class means (networks' units): %s", domain,
-                        ", ".join(f"{c} {m:.3f}" for c, m in zip(self.cfg.classes, means[1:].tolist()) if m == m))
+            logger.info("%s class means (networks' units): %s", domain, ", ".join(f"{c} {m:.3f}" for c, m in known.items()))
         return means.float().to(self.device)
 
     def total_iterations(self) -> int:
